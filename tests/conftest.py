@@ -45,8 +45,12 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | Pa
     import subprocess
 
     return subprocess.run(
-        [sys.executable, "-m", "thinktune", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, cwd=cwd,
+        [sys.executable, "-m", "thinktune", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -111,4 +115,6 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
 
 
 def needs_shared(path: Path):
-    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (the shared data folder is not here)")
+    return pytest.mark.skipif(
+        not path.exists(), reason=f"{path} is absent (the shared data folder is not here)"
+    )

@@ -44,9 +44,11 @@ def split_reasoning(text: str, prompt_opens_think: bool = False) -> tuple[str, s
         stripped = body.lstrip()
         if stripped.startswith(THINK_OPEN):
             opened = True
-            body = stripped[len(THINK_OPEN):]
+            body = stripped[len(THINK_OPEN) :]
         elif THINK_CLOSE in body and THINK_OPEN not in body:
-            opened = True  # a model that starts thinking without writing <think> (template-prefilled elsewhere)
+            opened = (
+                True  # a model that starts thinking without writing <think> (template-prefilled elsewhere)
+            )
     if not opened:
         return "", body.strip(), False, False
     if THINK_CLOSE not in body:
@@ -91,14 +93,14 @@ def generate(
     sampling = temperature > 0
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start: start + batch_size]
+            idx = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in idx)
             input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids = encoded[i]
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention[row, width - len(ids):] = 1
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
             if sampling:
                 torch.manual_seed(seed + start)
             with torch.no_grad():
@@ -124,8 +126,14 @@ def generate(
                 text = tokenizer.decode(new, skip_special_tokens=True)
                 reasoning, answer, closed, opened = split_reasoning(text, prompt_opens_think)
                 results[i] = Generation(
-                    prompt=prompts[i], text=text, reasoning=reasoning, answer=answer, think_closed=closed,
-                    think_opened=opened, stopped=stopped, hit_max_new_tokens=not stopped and len(new) >= max_new_tokens,
+                    prompt=prompts[i],
+                    text=text,
+                    reasoning=reasoning,
+                    answer=answer,
+                    think_closed=closed,
+                    think_opened=opened,
+                    stopped=stopped,
+                    hit_max_new_tokens=not stopped and len(new) >= max_new_tokens,
                     new_tokens=len(new) + (1 if stopped else 0),
                 )
     finally:

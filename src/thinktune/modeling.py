@@ -143,7 +143,9 @@ def load_model(cfg: ModelConfig, *, device: str | None = None, dtype: str | None
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as e:
         hint = _load_hint(source, e, cfg.trust_remote_code)
-        raise ModelLoadError(f"could not load the model from {source!r}: {type(e).__name__}: {e}{hint}") from None
+        raise ModelLoadError(
+            f"could not load the model from {source!r}: {type(e).__name__}: {e}{hint}"
+        ) from None
     if "device_map" not in extra:
         model.to(device)
     return model
