@@ -159,7 +159,7 @@ class GenerationConfig:
     max_new_tokens: int = _f(1024, "Longest generation (reasoning + answer) in tokens.")
     temperature: float = _f(0.0, "0: greedy. DeepSeek recommends 0.6 (with top_p 0.95) for R1 models.")
     top_p: float = _f(1.0, "Nucleus sampling mass (used when temperature > 0).")
-    seed: int = _f(0, "Sampling seed.")
+    seed: int = _f(0, "Seed for sampling (temperature > 0), so runs are repeatable.")
     repetition_penalty: float = _f(1.0, "Penalty > 1 discourages repeating tokens.")
 
 
@@ -231,6 +231,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
+        if isinstance(value, str) and str in args and not ("," in value or value.strip().startswith("[")):
+            return value  # text stays text ("all-linear", "none"); only list-looking text becomes a list
         errors = []
         # Try the more specific types first so "8" becomes an int, not a str.
         for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):

@@ -44,6 +44,7 @@ PLAIN_TEXT_TEMPLATE = (
     "{system}\n\n### Question:\n{question}\n\n### Response:\n<think>\n{reasoning}\n</think>\n\n{answer}"
 )
 PLACEHOLDERS = ("{system}", "{question}", "{reasoning}", "{answer}")
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
 
 _PROBE_Q, _PROBE_R, _PROBE_A = "PROBEQ7x", "PROBER7x", "PROBEA7x"
 
@@ -324,22 +325,23 @@ class Formatter:
             else tpl.find("{answer}")
         )
 
-        def fill(part: str, answer_value: str) -> str:
-            # Plain replacement: user text may contain braces, so str.format is not safe here.
-            for key, value in (
-                ("{system}", system or ""),
-                ("{question}", question),
-                ("{reasoning}", reasoning),
-            ):
-                part = part.replace(key, value)
-            return part.replace("{answer}", answer_value)
+        values = {
+            "{system}": system or "",
+            "{question}": question,
+            "{reasoning}": reasoning,
+            "{answer}": answer,
+        }
 
-        prompt = self._bos + fill(tpl[:cut], answer)
-        rest = tpl[cut:]
-        marker = "\x00ANSWER\x00"
-        body = fill(rest, marker)
-        answer_start = body.find(marker)
-        completion = body.replace(marker, answer) + self.eot
+        def fill(part: str) -> str:
+            # One pass over the template: user text may itself contain "{answer}" or braces and must never be
+            # substituted again (so neither str.format nor chained str.replace is safe here).
+            return _PLACEHOLDER_RE.sub(lambda m: values[m.group(0)], part)
+
+        prompt = self._bos + fill(tpl[:cut])
+        at = tpl.find("{answer}")
+        before_answer = fill(tpl[cut:at])
+        completion = before_answer + answer + fill(tpl[at + len("{answer}") :]) + self.eot
+        answer_start = len(before_answer)
         return prompt, completion, answer_start
 
     # ------------------------------------------------------------------------------ encoding
