@@ -127,3 +127,43 @@ def test_inspect_data_errors_are_clear(tmp_path):
         str(tmp_path / "o2"),
     )
     assert r.returncode == 0 and "row 1: empty answer" in r.stderr  # skipped, reported, run goes on
+
+
+def test_inspect_data_accepts_model_folder_and_flags_beat_overrides(tmp_path, tiny_qwen2_dir):
+    r = cli(
+        "inspect-data",
+        "--data",
+        "sample",
+        "--model",
+        str(tiny_qwen2_dir),
+        "--show",
+        "0",
+        "--max-length",
+        "400",
+        "data.max_length=9999",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r" / "data_report.json").read_text())
+    assert report["length_policy"]["max_length"] == 400  # explicit flag > dotted override
+    assert report["template"]["family"] == "strips_reasoning"
+
+
+def test_inspect_data_reads_the_tokenizer_from_a_gguf_file(tmp_path):
+    from thinktune.assets import smollm2_gguf_path
+
+    r = cli(
+        "inspect-data",
+        "--data",
+        "sample",
+        "--model",
+        str(smollm2_gguf_path()),
+        "--show",
+        "0",
+        "--out",
+        str(tmp_path / "g"),
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "g" / "data_report.json").read_text())
+    assert report["template"]["family"] == "inline" and report["template"]["end_of_turn"] == "<|im_end|>"
