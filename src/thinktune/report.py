@@ -185,16 +185,19 @@ def length_plot(series: dict[str, list[int]]) -> str | None:
     def draw(ax: Any) -> None:
         top = max(max(v) for v in series.values())
         bins = max(5, min(30, len({x for v in series.values() for x in v})))
-        colors = {"base": "#8c8c8c", "tuned": "#4C72B0"}
-        for name, values in series.items():
-            ax.hist(
-                values,
-                bins=bins,
-                range=(0, max(1, top)),
-                alpha=0.55,
-                label=f"{name} (n={len(values)})",
-                color=colors.get(name),
-            )
+        palette = {"base": "#8c8c8c", "tuned": "#4C72B0"}
+        names = list(series)
+        # Side-by-side bars per bin: identical distributions stay visible instead of hiding one another.
+        ax.hist(
+            [series[n] for n in names],
+            bins=bins,
+            range=(0, max(1, top)),
+            label=[
+                f"{n} (n={len(series[n])}, median {sorted(series[n])[(len(series[n]) - 1) // 2]})"
+                for n in names
+            ],
+            color=[palette.get(n, f"C{i}") for i, n in enumerate(names)],
+        )
         ax.set_xlabel("reasoning tokens per answer")
         ax.set_ylabel("answers")
         ax.legend()
@@ -319,11 +322,11 @@ def section_summary(f: dict[str, Any], cmd: str) -> str:
 def section_loss(f: dict[str, Any], cmd: str) -> str:
     uri = loss_plot(f["metrics"])
     if uri:
-        last = f["metrics"][-1]
         note = ", ".join(
-            f"{k} {_fmt(last[k])}"
-            for k in ("step", "epoch", "loss", "eval_loss", "tokens_per_second")
-            if k in last
+            f"{k} {_fmt(m[k])}"
+            for k in ("step", "epoch", "loss", "tokens_per_second", "eval_loss")
+            for m in [next((m for m in reversed(f["metrics"]) if _num(m.get(k))), None)]
+            if m is not None
         )
         return (
             _img(uri, "training and evaluation loss by step", "loss-plot")
