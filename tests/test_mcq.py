@@ -56,6 +56,7 @@ PUBMED = {"A": "yes", "B": "no", "C": "maybe"}
         ("C", DRUGS, "C", "leading"),
         ("(B)", DRUGS, "B", "leading"),
         ("B. Heparin, given the renal failure.", DRUGS, "B", "leading"),
+        ("A. yes", PUBMED, "A", "leading"),
         # the option's text when no letter is given (a longer option beats its own prefix)
         ("Warfarin is the drug of choice here.", DRUGS, "C", "text"),
         ("Give aspirin and clopidogrel together.", DRUGS, "D", "text"),
@@ -77,6 +78,7 @@ def test_extracts_the_chosen_letter(answer, options, letter, how):
         ("Option A or option C could both work.", DRUGS),  # ambiguous weak cues
         ("There is no evidence either way.", PUBMED),  # "no" mid-sentence is not the option "no"
         ("Heparin or warfarin, depending on renal function.", DRUGS),  # two option texts
+        ("A. yes B. no", PUBMED),  # the options recited back, not a choice
         ("", DRUGS),
     ],
 )

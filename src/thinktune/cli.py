@@ -246,7 +246,7 @@ def _add_eval(sub) -> Callable:
         help="held-out loss by span, multiple-choice accuracy with intervals, reasoning-health metrics",
         description="Evaluate a run's tuned model (base + adapter), its base model (--base), or any model "
         "(--model, optionally --adapter). Held-out loss on the validation split (or --data) for the reasoning "
-        "and the answer span; accuracy on multiple-choice benchmarks with a 95%% interval next to the "
+        "and the answer span; accuracy on multiple-choice benchmarks with a 95% interval next to the "
         "constant-letter and random baselines; reasoning health of every generation. Writes eval_<name>.json "
         "and eval_<name>.jsonl (one record per question) into the run folder or --out.",
         epilog="examples:\n"

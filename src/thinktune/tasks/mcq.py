@@ -291,11 +291,23 @@ def _by_option_text(text: str, options: Mapping[str, str]) -> str | None:
     return letters.pop() if len(letters) == 1 else None
 
 
+def _lists_options(text: str, options: Mapping[str, str]) -> bool:
+    """True when the answer recites two or more options ("A. yes B. no"): a leading letter then means nothing."""
+    listed = 0
+    for letter, option in options.items():
+        head = re.escape(_normalize(option).strip()[:12])
+        if head and re.search(rf"(?<![A-Za-z])\(?{letter}[.):]\s*{head}", text, re.IGNORECASE):
+            listed += 1
+    return listed >= 2
+
+
 def extract_choice(answer: str, options: Mapping[str, str], reasoning: str = "") -> Extraction:
     """The option letter the model chose, and how it was found (see the module docstring)."""
     text = _normalize(answer or "")
     if text.strip():
         for stage in ("boxed", "phrase", "bold", "option", "leading"):
+            if stage == "leading" and _lists_options(text, options):
+                break
             letter = _stage(text, stage, options)
             if letter:
                 return Extraction(letter, stage)
