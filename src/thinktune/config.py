@@ -161,6 +161,10 @@ class GenerationConfig:
     top_p: float = _f(1.0, "Nucleus sampling mass (used when temperature > 0).")
     seed: int = _f(0, "Seed for sampling (temperature > 0), so runs are repeatable.")
     repetition_penalty: float = _f(1.0, "Penalty > 1 discourages repeating tokens.")
+    backend: Literal["auto", "hf", "vllm"] = _f(
+        "auto",
+        "Generation engine for eval/compare. auto: vLLM when installed on a CUDA GPU, else transformers.",
+    )
 
 
 @dataclass

@@ -1,19 +1,37 @@
 """Batched generation through the one formatter, and splitting outputs into reasoning and answer.
 
-Prompts are left-padded and generated together with the KV cache; each stops at the template's
-end-of-turn token. Greedy by default; sampling (e.g. temperature 0.6, top_p 0.95 for R1 models) is seeded.
+Prompts (already rendered by :class:`thinktune.formatting.Formatter`) are tokenized without special tokens,
+left-padded and generated together with the KV cache; each stops at the template's end-of-turn token (or the
+tokenizer's eos). Greedy by default; sampling (temperature 0.6, top_p 0.95 is what DeepSeek recommends for
+R1 models) is seeded per batch, so two models given the same prompts, batch size and seed draw the same
+random numbers.
+
+Two backends:
+
+``hf``    transformers ``generate`` on the model in hand (a PeftModel's adapter can be switched off with
+          ``adapter=False`` to get the base model's answers from the same weights);
+``vllm``  the optional fast path on a GPU: the base model in vLLM, the run's adapter as a ``LoRARequest``.
+          Used when vLLM is installed and CUDA is present (``generation.backend=auto``), or on request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from thinktune.data import THINK_CLOSE, THINK_OPEN
+from thinktune.errors import ThinktuneError
 
 log = logging.getLogger(__name__)
+
+
+class GenerationError(ThinktuneError, RuntimeError):
+    """Generation cannot run as requested; the message says which setting to change."""
 
 
 @dataclass
@@ -26,7 +44,9 @@ class Generation:
     think_opened: bool  # a reasoning block was opened (by the prompt or the model)
     stopped: bool  # ended with the end-of-turn token
     hit_max_new_tokens: bool
-    new_tokens: int
+    new_tokens: int  # tokens generated, the end-of-turn token included
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -35,26 +55,34 @@ class Generation:
 def split_reasoning(text: str, prompt_opens_think: bool = False) -> tuple[str, str, bool, bool]:
     """Split generated text into (reasoning, answer, think_closed, think_opened).
 
-    Handles a think block opened by the prompt (the text starts inside it), one opened by the model, one never
-    closed (all reasoning, no answer), and none at all (all answer).
+    The shapes a reasoning model produces:
+    - the prompt opened ``<think>`` (R1 revisions, plain-text template): the text starts inside the block
+      (a model that writes ``<think>`` again anyway is tolerated);
+    - the model opens ``<think>`` itself (Qwen3, original R1 template), possibly after a short preamble;
+    - the block is never closed (ran out of tokens or looped): everything is reasoning, the answer is empty;
+    - ``</think>`` without any ``<think>`` (a template that opens it out of sight): text before it is reasoning;
+    - no think block at all: everything is the answer.
+    Text outside the block before ``<think>`` belongs to the answer (it is what the user reads).
     """
-    body = text
+    body, preamble = text, ""
     opened = prompt_opens_think
-    if not opened:
+    if opened:
         stripped = body.lstrip()
         if stripped.startswith(THINK_OPEN):
-            opened = True
             body = stripped[len(THINK_OPEN) :]
-        elif THINK_CLOSE in body and THINK_OPEN not in body:
-            opened = (
-                True  # a model that starts thinking without writing <think> (template-prefilled elsewhere)
-            )
+    else:
+        at, close = body.find(THINK_OPEN), body.find(THINK_CLOSE)
+        if at >= 0 and (close < 0 or at < close):
+            preamble, body, opened = body[:at], body[at + len(THINK_OPEN) :], True
+        elif close >= 0:
+            opened = True
     if not opened:
         return "", body.strip(), False, False
     if THINK_CLOSE not in body:
-        return body.strip(), "", False, True
+        return body.strip(), preamble.strip(), False, True
     reasoning, answer = body.split(THINK_CLOSE, 1)
-    return reasoning.strip(), answer.strip(), True, True
+    answer = (preamble.strip() + "\n\n" + answer.strip()).strip() if preamble.strip() else answer.strip()
+    return reasoning.strip(), answer, True, True
 
 
 def stop_token_ids(tokenizer: Any, eot_id: int) -> list[int]:
@@ -62,6 +90,85 @@ def stop_token_ids(tokenizer: Any, eot_id: int) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def _first_prefix_with(tokenizer: Any, ids: Sequence[int], marker: str) -> int:
+    """The smallest j such that the decoded ids[:j] contain `marker` (binary search: decoding is monotone)."""
+    lo, hi = 1, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if marker in tokenizer.decode(ids[:mid], skip_special_tokens=True):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def span_token_counts(
+    tokenizer: Any, ids: Sequence[int], text: str, closed: bool, opened: bool
+) -> tuple[int, int]:
+    """(reasoning tokens, answer tokens) in generated tokens, not re-tokenized text: the reasoning runs from
+    after ``<think>`` (or the start, when the prompt opened it) through ``</think>``; the answer is the rest."""
+    if not opened:
+        return 0, len(ids)
+    close_at = text.find(THINK_CLOSE) if closed else -1
+    open_at = text.find(THINK_OPEN)
+    start = 0
+    if open_at >= 0 and (close_at < 0 or open_at < close_at):
+        start = _first_prefix_with(tokenizer, ids, THINK_OPEN)
+    if not closed:
+        return len(ids) - start, 0
+    end = _first_prefix_with(tokenizer, ids, THINK_CLOSE)
+    return max(0, end - start), len(ids) - end
+
+
+def make_generation(
+    tokenizer: Any,
+    prompt: str,
+    new_ids: Sequence[int],
+    stops: Sequence[int],
+    *,
+    max_new_tokens: int,
+    prompt_opens_think: bool,
+) -> Generation:
+    """Cut the generated ids at the first stop token, decode them and split reasoning from answer."""
+    new = list(new_ids)
+    stopped = False
+    for j, t in enumerate(new):
+        if t in stops:
+            new, stopped = new[:j], True
+            break
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    reasoning, answer, closed, opened = split_reasoning(text, prompt_opens_think)
+    reasoning_tokens, answer_tokens = span_token_counts(tokenizer, new, text, closed, opened)
+    return Generation(
+        prompt=prompt,
+        text=text,
+        reasoning=reasoning,
+        answer=answer,
+        think_closed=closed,
+        think_opened=opened,
+        stopped=stopped,
+        hit_max_new_tokens=not stopped and len(new) >= max_new_tokens,
+        new_tokens=len(new) + (1 if stopped else 0),
+        reasoning_tokens=reasoning_tokens,
+        answer_tokens=answer_tokens,
+    )
+
+
+@contextlib.contextmanager
+def adapter_enabled(model: Any, enabled: bool) -> Iterator[None]:
+    """Run the block with a PeftModel's adapter on (tuned) or off (base); plain models are always 'base'."""
+    if enabled:
+        if not hasattr(model, "disable_adapter"):
+            raise GenerationError("asked for the tuned model's answers, but no adapter is loaded")
+        yield
+        return
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
 
 
 def generate(
@@ -77,8 +184,9 @@ def generate(
     repetition_penalty: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
-    """Generate for every prompt (already rendered by the Formatter); results are in input order."""
+    """Generate for every prompt (already rendered by the Formatter) with transformers; results in input order."""
     import torch
 
     stops = stop_token_ids(tokenizer, eot_id)
@@ -91,6 +199,18 @@ def generate(
     was_training = model.training
     model.eval()
     sampling = temperature > 0
+    # Everything decoding depends on is set here, so a model's own generation_config (R1 ships do_sample=True,
+    # temperature 0.6; Qwen3 top_k 20) cannot change greedy decoding or add a top-k the user did not ask for.
+    decoding: dict[str, Any] = {
+        "do_sample": sampling,
+        "temperature": temperature if sampling else 1.0,
+        "top_p": top_p if sampling else 1.0,
+        "top_k": 0 if sampling else None,
+        "repetition_penalty": repetition_penalty,
+        # Training with gradient checkpointing saves use_cache=False into the config; without the cache every
+        # new token re-reads the whole sequence (quadratic time), so the cache is always asked for here.
+        "use_cache": True,
+    }
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -99,7 +219,7 @@ def generate(
             attention = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
             if sampling:
                 torch.manual_seed(seed + start)
@@ -108,35 +228,178 @@ def generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),
                     max_new_tokens=max_new_tokens,
-                    do_sample=sampling,
-                    temperature=temperature if sampling else None,
-                    top_p=top_p if sampling else None,
-                    top_k=None,
-                    repetition_penalty=repetition_penalty,
                     eos_token_id=stops,
                     pad_token_id=pad_id,
+                    **decoding,
                 )
             for row, i in enumerate(idx):
-                new = out[row, width:].tolist()
-                stopped = False
-                for j, t in enumerate(new):
-                    if t in stops:
-                        new, stopped = new[:j], True
-                        break
-                text = tokenizer.decode(new, skip_special_tokens=True)
-                reasoning, answer, closed, opened = split_reasoning(text, prompt_opens_think)
-                results[i] = Generation(
-                    prompt=prompts[i],
-                    text=text,
-                    reasoning=reasoning,
-                    answer=answer,
-                    think_closed=closed,
-                    think_opened=opened,
-                    stopped=stopped,
-                    hit_max_new_tokens=not stopped and len(new) >= max_new_tokens,
-                    new_tokens=len(new) + (1 if stopped else 0),
+                results[i] = make_generation(
+                    tokenizer,
+                    prompts[i],
+                    out[row, width:].tolist(),
+                    stops,
+                    max_new_tokens=max_new_tokens,
+                    prompt_opens_think=prompt_opens_think,
                 )
+            if progress:
+                progress(min(start + batch_size, len(order)), len(order))
     finally:
         if was_training:
             model.train()
     return [r for r in results if r is not None]
+
+
+# ------------------------------------------------------------------------------------------ backends
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pick_backend(
+    requested: str, *, vllm_present: bool | None = None, cuda: bool | None = None, load_in_4bit: bool = False
+) -> str:
+    """'hf' or 'vllm' for `generation.backend` (auto, hf, vllm); raises GenerationError for an impossible request."""
+    if requested not in ("auto", "hf", "vllm"):
+        raise GenerationError(f"generation.backend={requested!r}: use auto, hf or vllm")
+    if requested == "hf":
+        return "hf"
+    vllm_present = vllm_installed() if vllm_present is None else vllm_present
+    cuda = cuda_available() if cuda is None else cuda
+    if requested == "vllm":
+        if not vllm_present:
+            raise GenerationError(
+                "generation.backend=vllm, but vLLM is not installed: pip install 'thinktune[vllm]' on a machine "
+                "with a CUDA GPU, or set generation.backend=hf (transformers, works everywhere)."
+            )
+        if not cuda:
+            raise GenerationError(
+                "generation.backend=vllm needs a CUDA GPU and none is visible; set generation.backend=hf "
+                "(or auto, which uses vLLM only where it can run)."
+            )
+        return "vllm"
+    if vllm_present and cuda and not load_in_4bit:
+        return "vllm"
+    return "hf"
+
+
+class HFGenerator:
+    """transformers generation on a loaded model; `adapter=False` switches a PeftModel's adapter off."""
+
+    backend = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    def __call__(self, prompts: Sequence[str], *, adapter: bool, **kwargs: Any) -> list[Generation]:
+        with adapter_enabled(self.model, adapter):
+            return generate(self.model, self.tokenizer, prompts, **kwargs)
+
+    def close(self) -> None:
+        self.model = None
+
+
+class VLLMGenerator:
+    """vLLM on a GPU: the base model once, the adapter (if any) as a LoRARequest per call."""
+
+    backend = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: Any,
+        *,
+        adapter_dir: str | Path | None = None,
+        lora_rank: int = 16,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+    ) -> None:
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.adapter_dir = str(adapter_dir) if adapter_dir else None
+        kwargs: dict[str, Any] = {"model": model_path, "dtype": dtype, "seed": seed}
+        if self.adapter_dir:
+            kwargs.update(enable_lora=True, max_lora_rank=max(8, lora_rank), max_loras=1)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        log.info("loading %s in vLLM%s", model_path, " with LoRA" if self.adapter_dir else "")
+        self.llm = LLM(**kwargs)
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.adapter_dir is not None
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        *,
+        adapter: bool,
+        eot_id: int,
+        prompt_opens_think: bool = False,
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 8,  # vLLM schedules its own batches
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        if adapter and not self.adapter_dir:
+            raise GenerationError("asked for the tuned model's answers, but no adapter is loaded")
+        stops = stop_token_ids(self.tokenizer, eot_id)
+        params = SamplingParams(
+            temperature=temperature,
+            top_p=top_p if temperature > 0 else 1.0,
+            top_k=-1,  # all tokens (vLLM would otherwise take the model's generation_config top_k)
+            repetition_penalty=repetition_penalty,
+            max_tokens=max_new_tokens,
+            seed=seed if temperature > 0 else None,
+            stop_token_ids=stops,
+            skip_special_tokens=True,
+        )
+        # Token ids, not text: vLLM would otherwise tokenize again (and may add a BOS the template already wrote).
+        inputs = [
+            {"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts
+        ]
+        lora = LoRARequest("tuned", 1, self.adapter_dir) if adapter else None
+        outputs = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
+        results = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            ids = list(out.outputs[0].token_ids)
+            if out.outputs[0].finish_reason == "stop" and not (ids and ids[-1] in stops):
+                ids.append(stops[0])  # some vLLM versions leave the stop token out of token_ids
+            results.append(
+                make_generation(
+                    self.tokenizer,
+                    prompt,
+                    ids,
+                    stops,
+                    max_new_tokens=max_new_tokens,
+                    prompt_opens_think=prompt_opens_think,
+                )
+            )
+        if progress:
+            progress(len(prompts), len(prompts))
+        return results
+
+    def close(self) -> None:
+        import gc
+
+        del self.llm
+        gc.collect()

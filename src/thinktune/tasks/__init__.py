@@ -1,0 +1,1 @@
+"""Benchmark tasks: loading questions, building prompts, extracting and grading answers (MCQ letters, ...)."""

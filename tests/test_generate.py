@@ -1,0 +1,249 @@
+"""Batched generation: reasoning/answer split on every output shape, left padding, KV cache, stopping at the
+end-of-turn token, greedy and seeded sampling, and backend selection (vLLM only where it can run)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from thinktune.formatting import Formatter
+from thinktune.generate import (
+    GenerationError,
+    HFGenerator,
+    VLLMGenerator,
+    generate,
+    pick_backend,
+    split_reasoning,
+)
+
+# ------------------------------------------------------------------------------------------ split
+
+
+@pytest.mark.parametrize(
+    "text, prompt_opens, expected",
+    [
+        # the prompt opened <think> (R1 revisions, plain-text template): the text starts inside the block
+        (
+            "Let me think.\n</think>\n\nThe answer is B.",
+            True,
+            ("Let me think.", "The answer is B.", True, True),
+        ),
+        # ... and a model that writes <think> again anyway
+        ("<think>\nHmm.\n</think>\nB", True, ("Hmm.", "B", True, True)),
+        # the model opens the block itself (Qwen3, original R1 template)
+        ("<think>\nStep 1.\nStep 2.\n</think>\n\nFinal.", False, ("Step 1.\nStep 2.", "Final.", True, True)),
+        # an empty think block (Qwen3 with thinking disabled writes one)
+        ("<think>\n\n</think>\n\nJust the answer.", False, ("", "Just the answer.", True, True)),
+        # never closed: ran out of tokens inside the reasoning
+        ("<think>\nStep 1. Step 2. Step", False, ("Step 1. Step 2. Step", "", False, True)),
+        ("still thinking about it", True, ("still thinking about it", "", False, True)),
+        # closed without an opening tag (a template opened it out of sight)
+        ("reasoning here</think>answer here", False, ("reasoning here", "answer here", True, True)),
+        # no think block at all
+        ("Plain answer, no reasoning.", False, ("", "Plain answer, no reasoning.", False, False)),
+        ("", False, ("", "", False, False)),
+        # a preamble before <think> is visible output: it belongs to the answer
+        ("Sure.\n<think>why</think>Because.", False, ("why", "Sure.\n\nBecause.", True, True)),
+        # only the first </think> closes the block; a stray one later stays in the answer
+        ("<think>a</think>b</think>c", False, ("a", "b</think>c", True, True)),
+    ],
+)
+def test_split_reasoning_every_shape(text, prompt_opens, expected):
+    assert split_reasoning(text, prompt_opens) == expected
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_qwen2_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.float32)
+    fmt = Formatter(tok)
+    return model, tok, fmt
+
+
+QUESTIONS = [
+    "What causes scurvy?",
+    "A 60-year-old man has crushing chest pain radiating to the left arm. What is the first test to order?",
+    "发热三天，咳嗽。可能的诊断？",
+    "Ping",
+    "Which electrolyte abnormality causes peaked T waves on an ECG in a patient with renal failure?",
+]
+
+
+def _run(tiny, questions=QUESTIONS, **kw):
+    model, tok, fmt = tiny
+    prompts = [fmt.prompt(q) for q in questions]
+    kw = {"max_new_tokens": 8, **kw}
+    return generate(model, tok, prompts, eot_id=fmt.eot_id, prompt_opens_think=fmt.prompt_opens_think, **kw)
+
+
+def test_batched_equals_one_at_a_time_and_keeps_input_order(tiny):
+    batched = _run(tiny, batch_size=4)
+    single = _run(tiny, batch_size=1)
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.prompt for g in batched] == [tiny[2].prompt(q) for q in QUESTIONS]
+    assert all(g.new_tokens == 8 and g.hit_max_new_tokens and not g.stopped for g in batched)
+
+
+def test_generation_uses_the_kv_cache_even_when_training_switched_it_off(tiny):
+    model = tiny[0]
+    model.config.use_cache = False  # what training with gradient checkpointing leaves in the config
+    lengths: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: lengths.append(
+            (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        _run(tiny, questions=QUESTIONS[:2], batch_size=2, max_new_tokens=6)
+    finally:
+        hook.remove()
+        model.config.use_cache = True
+    # one pass over the prompt, then one token per step: the cache holds everything before it
+    assert len(lengths) == 6 and lengths[0] > 1 and lengths[1:] == [1] * 5
+
+
+def test_stops_at_end_of_turn_and_cuts_other_rows_padding(tiny):
+    model, tok, fmt = tiny
+    prompt_ids = tok(fmt.prompt("Ping"), add_special_tokens=False)["input_ids"]
+    reply = tok("<think>\nok\n</think>\n\nPong", add_special_tokens=False)["input_ids"]
+    # Script the random model: after the prompt of "Ping" it writes the reply, then the end-of-turn token.
+    script = [*prompt_ids[-2:], *reply, fmt.eot_id]
+    bias = {tuple(script[: i + 1][-3:]): 100.0 for i in range(2, len(script))}
+    old = model.generation_config.sequence_bias
+    model.generation_config.sequence_bias = bias
+    try:
+        gens = _run(tiny, questions=["Ping", QUESTIONS[1]], batch_size=2, max_new_tokens=len(reply) + 6)
+    finally:
+        model.generation_config.sequence_bias = old
+    ping, other = gens
+    assert ping.stopped and not ping.hit_max_new_tokens
+    assert ping.new_tokens == len(reply) + 1  # the end-of-turn token counts as generated
+    assert (ping.reasoning, ping.answer, ping.think_closed) == ("ok", "Pong", True)
+    assert ping.reasoning_tokens + ping.answer_tokens == len(reply) - 1  # the opening <think> is in neither
+    assert ping.answer_tokens == len(tok("\n\nPong", add_special_tokens=False)["input_ids"])
+    assert "<｜end▁of▁sentence｜>" not in ping.text
+    assert other.hit_max_new_tokens and not other.stopped
+
+
+def test_greedy_ignores_the_models_own_sampling_defaults(tiny):
+    model = tiny[0]
+    plain = [g.text for g in _run(tiny)]
+    gc = model.generation_config
+    saved = (gc.do_sample, gc.temperature, gc.top_p, gc.top_k)
+    gc.do_sample, gc.temperature, gc.top_p, gc.top_k = True, 0.6, 0.95, 20  # what R1/Qwen3 ship
+    try:
+        assert [g.text for g in _run(tiny)] == plain
+    finally:
+        gc.do_sample, gc.temperature, gc.top_p, gc.top_k = saved
+
+
+def test_sampling_is_seeded(tiny):
+    def sample(seed: int) -> list[str]:
+        return [
+            g.text
+            for g in _run(tiny, QUESTIONS[:2], temperature=1.0, top_p=0.95, seed=seed, max_new_tokens=10)
+        ]
+
+    first = sample(7)
+    assert sample(7) == first
+    assert sample(8) != first
+
+
+def test_hf_generator_switches_a_peft_adapter_off_for_the_base(tiny):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, fmt = tiny
+    plain = [g.text for g in _run(tiny)]
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    )
+    try:
+        gen = HFGenerator(peft_model, tok)
+        prompts = [fmt.prompt(q) for q in QUESTIONS]
+        kw = {"eot_id": fmt.eot_id, "max_new_tokens": 8}
+        base = [g.text for g in gen(prompts, adapter=False, **kw)]
+        tuned = [g.text for g in gen(prompts, adapter=True, **kw)]
+        assert base == plain  # adapter off == the model without the adapter
+        assert tuned != base
+        with pytest.raises(GenerationError, match="no adapter"):
+            HFGenerator(model, tok)(prompts, adapter=True, **kw)
+    finally:
+        peft_model.unload()
+
+
+# ------------------------------------------------------------------------------------------ backends
+
+
+def test_backend_selection():
+    assert pick_backend("auto", vllm_present=True, cuda=True) == "vllm"
+    assert pick_backend("auto", vllm_present=True, cuda=False) == "hf"
+    assert pick_backend("auto", vllm_present=False, cuda=True) == "hf"
+    assert pick_backend("auto", vllm_present=True, cuda=True, load_in_4bit=True) == "hf"
+    assert pick_backend("hf", vllm_present=True, cuda=True) == "hf"
+    assert pick_backend("vllm", vllm_present=True, cuda=True) == "vllm"
+    with pytest.raises(GenerationError, match=r"vLLM is not installed: pip install 'thinktune\[vllm\]'"):
+        pick_backend("vllm", vllm_present=False, cuda=True)
+    with pytest.raises(GenerationError, match="needs a CUDA GPU"):
+        pick_backend("vllm", vllm_present=True, cuda=False)
+    with pytest.raises(GenerationError, match="use auto, hf or vllm"):
+        pick_backend("tgi")
+
+
+def test_vllm_generator_glue_against_a_stand_in_module(monkeypatch, tiny):
+    """vLLM cannot run here (no GPU, not installed). A stand-in with vLLM's call signatures checks our side of the
+    glue: token-id prompts, the adapter as a LoRARequest only for the tuned model, stop handling, order."""
+    _, tok, fmt = tiny
+    calls = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def generate(self, inputs, params, lora_request=None, use_tqdm=True):
+            calls.setdefault("generate", []).append((inputs, params, lora_request))
+            reply = tok("<think>\nr\n</think>\n\nThe answer is B", add_special_tokens=False)["input_ids"]
+            out = types.SimpleNamespace(token_ids=reply + [fmt.eot_id], finish_reason="stop")
+            return [types.SimpleNamespace(outputs=[out]) for _ in inputs]
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LoRARequest:
+        def __init__(self, name, lora_id, path):
+            self.args = (name, lora_id, path)
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
+    lora_mod = types.ModuleType("vllm.lora.request")
+    lora_mod.LoRARequest = LoRARequest
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", lora_mod)
+
+    gen = VLLMGenerator("/models/base", tok, adapter_dir="/runs/x/adapter", lora_rank=16, seed=3)
+    assert calls["init"]["enable_lora"] and calls["init"]["max_lora_rank"] == 16
+    prompts = [fmt.prompt(q) for q in QUESTIONS[:2]]
+    tuned = gen(
+        prompts, adapter=True, eot_id=fmt.eot_id, max_new_tokens=32, temperature=0.6, top_p=0.95, seed=3
+    )
+    base = gen(prompts, adapter=False, eot_id=fmt.eot_id, max_new_tokens=32)
+    (inputs, params, lora), (_, greedy_params, no_lora) = calls["generate"]
+    assert inputs[0]["prompt_token_ids"] == tok(prompts[0], add_special_tokens=False)["input_ids"]
+    assert lora.args == ("tuned", 1, "/runs/x/adapter") and no_lora is None
+    assert params.kwargs["temperature"] == 0.6 and params.kwargs["seed"] == 3
+    assert params.kwargs["stop_token_ids"][0] == fmt.eot_id
+    assert greedy_params.kwargs["temperature"] == 0.0 and greedy_params.kwargs["seed"] is None
+    for g in tuned + base:
+        assert (g.reasoning, g.answer, g.stopped, g.think_closed) == ("r", "The answer is B", True, True)
