@@ -18,11 +18,36 @@ TOKENIZERS = {
 }
 
 
+def small_tokenizer(out: Path, size: int = 2048) -> Path:
+    """SmolLM2's byte-level BPE tokenizer cut to its first `size` ids (merges kept where all three parts survive),
+    with its ChatML template: a real, consistent tokenizer whose GGUF transformers can read back in a second
+    (gguf-py parses a 49k-150k vocabulary far more slowly)."""
+    src = assets.smollm2_dir(with_weights=False)
+    data = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = {t: i for t, i in data["model"]["vocab"].items() if i < size}
+    merges = []
+    for m in data["model"]["merges"]:
+        a, b = m.split(" ") if isinstance(m, str) else m
+        if a in vocab and b in vocab and a + b in vocab:
+            merges.append([a, b])
+    data["model"]["vocab"], data["model"]["merges"] = vocab, merges
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < size]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    config = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    from transformers import AutoTokenizer
+
+    config["chat_template"] = AutoTokenizer.from_pretrained(src).chat_template
+    (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
 def make_run(
     root: Path,
     *,
     arch: str = "qwen2",
-    tokenizer: str = "r1",
+    tokenizer: str | Path = "r1",
     system_prompt: str | None = None,
     reasoning: str = "train",
     adapter: bool = True,
@@ -36,7 +61,8 @@ def make_run(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)
-    base = assets.build_tiny_model(root / "base", TOKENIZERS[tokenizer](), arch, seed=seed)
+    tok_dir = tokenizer if isinstance(tokenizer, Path) else TOKENIZERS[tokenizer]()
+    base = assets.build_tiny_model(root / "base", tok_dir, arch, seed=seed)
     run = root / "run"
     run.mkdir()
     cfg = Config()

@@ -270,6 +270,8 @@ def _to_text(v: Any) -> str:
         return "true"
     if v is False:
         return "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(_to_text(x) for x in v) + "]"
     return str(v)
 
 
