@@ -378,12 +378,14 @@ def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
     assert r.returncode == 2 and "invalid choice: 'onnx'" in r.stderr
 
 
-def test_check_template_cli_reports_a_tampered_export_with_a_diff(llama_small_run):
+def test_check_template_cli_reports_a_tampered_export_with_a_diff(llama_small_run, capsys):
     out = llama_small_run.parent / "ollama-tampered"
     E.export(E.plan_export(llama_small_run, "ollama", out, dtype="float32"))
-    r = cli("check-template", str(llama_small_run), "--export", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("OK ") == 2 and "identical; stop tokens agree" in r.stdout
+    from thinktune.cli import main
+
+    assert main(["check-template", str(llama_small_run), "--export", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("OK ") == 2 and "identical; stop tokens agree" in stdout
     mf = out / "Modelfile"
     mf.write_text(
         mf.read_text(encoding="utf-8").replace("<|im_start|>user\\n", "<|im_start|>user "), encoding="utf-8"

@@ -346,7 +346,8 @@ class _Printer:
         return f"{BOLD}{s}{RESET}" if self.color else s
 
 
-def interactive(session: ChatSession, *, hide_reasoning: bool, color: bool, out: TextIO = sys.stdout) -> int:
+def interactive(session: ChatSession, *, hide_reasoning: bool, color: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # pragma: no cover - Windows
@@ -391,9 +392,10 @@ def batch(
     *,
     as_json: bool,
     hide_reasoning: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Each prompt is a turn of one conversation; reasoning and answer printed separately (or as JSON lines)."""
+    out = out or sys.stdout
     for question in prompts:
         reply = session.reply(question)
         if as_json:

@@ -139,7 +139,7 @@ def _usage(fmt: str, out: Path, info: dict[str, Any]) -> list[str]:
         name = info["gguf"]["file"]
         return [
             "```bash",
-            f"llama-cli -m {out}/{name} -cnv            # chat with the embedded template (--jinja)",
+            f"llama-cli -m {out}/{name} --jinja -cnv    # chat with the embedded template",
             f"llama-server -m {out}/{name} --jinja      # OpenAI-compatible server",
             f"cd {out} && ollama create my-model -f Modelfile && ollama run my-model",
             "```",
