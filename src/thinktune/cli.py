@@ -239,7 +239,7 @@ def _run_export(args: argparse.Namespace) -> int:
         )
     elif args.format == "gguf":
         print(
-            f"next: llama-cli -m {out}/model-{args.gguf_type}.gguf -cnv   (or: cd {out} && ollama create NAME -f Modelfile)"
+            f"next: llama-cli -m {out}/model-{args.gguf_type}.gguf --jinja -cnv   (or: cd {out} && ollama create NAME -f Modelfile)"
         )
     else:
         print(f"next: thinktune chat --model {out}   (or: vllm serve {out})")
