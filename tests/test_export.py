@@ -161,6 +161,7 @@ def test_ollama_export_modelfile_reproduces_training(llama_run):
     assert parsed["system"] == "你是医生。"
     params = dict(parsed["parameters"])
     assert params["stop"] == "<|im_end|>" and params["temperature"] == "0.0"
+    assert params["num_ctx"] == "4096"  # max(4096, max_length + max_new_tokens), within the model's 4096
     r = RunDir.open(llama_run)
     fmt = r.formatter(r.tokenizer())
     turns = (("发热三天？", "先考虑感冒。", "多喝水。"),)
@@ -344,6 +345,8 @@ def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
         E.ExportError, match="unknown export format 'onnx'; choose one of: merged, ollama, gguf"
     ):
         E.plan_export(qwen2_run, "onnx")
+    with pytest.raises(E.ExportError, match="unknown dtype 'int8'"):
+        E.plan_export(qwen2_run, "merged", dtype="int8")
     with pytest.raises(E.ExportError, match="--gguf-type 'q4_k'"):
         E.plan_export(qwen2_run, "gguf", gguf_type="q4_k")
 

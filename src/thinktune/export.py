@@ -148,9 +148,11 @@ def stop_tokens(fmt: Formatter) -> tuple[list[str], list[int]]:
 def ollama_parameters(fmt: Formatter, run: RunDir, context: int | None) -> dict[str, Any]:
     params, _ = sampling_defaults(fmt, run)
     out = {k: v for k, v in params.items()}
-    if context:
-        # Reasoning traces are long; Ollama's default context (2-4k) would cut them.
-        out["num_ctx"] = min(int(context), 32768)
+    cfg = run.config()
+    # Reasoning traces are long and Ollama's default context (2-4k) would cut them: room for the longest
+    # training example plus a full generation, within what the model supports.
+    wanted = max(4096, cfg.data.max_length + cfg.generation.max_new_tokens)
+    out["num_ctx"] = min(wanted, int(context)) if context else wanted
     return out
 
 
