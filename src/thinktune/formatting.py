@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,6 +255,33 @@ class Formatter:
         if self.family == REASONING_FIELD:
             return {"role": "assistant", "content": answer, "reasoning_content": reasoning}
         return {"role": "assistant", "content": self.think_block(reasoning) + answer}
+
+    def conversation(
+        self, turns: Sequence[tuple[str, str, str]], question: str, system: str | None = None
+    ) -> list[dict[str, str]]:
+        """Messages for a multi-turn chat: earlier (question, reasoning, answer) turns as this family's template
+        expects them (the template keeps or drops their reasoning), then the new question."""
+        msgs = self.messages(turns[0][0] if turns else question, system)
+        for i, (q, reasoning, answer) in enumerate(turns):
+            if i:
+                msgs.append({"role": "user", "content": q})
+            msgs.append(self.assistant_message(reasoning, answer))
+        if turns:
+            msgs.append({"role": "user", "content": question})
+        return msgs
+
+    def chat_prompt(
+        self, turns: Sequence[tuple[str, str, str]], question: str, system: str | None = None
+    ) -> str:
+        """The generation prompt after earlier turns; with no turns it is exactly :meth:`prompt`."""
+        if not turns:
+            return self.prompt(question, system)
+        if self.family == TEXT:
+            raise TemplateError(
+                "a plain-text template has no multi-turn form: each question is asked on its own "
+                "(set model.chat_template for multi-turn chat)."
+            )
+        return self._apply(self.conversation(turns, question, system), True)
 
     def render(self, example: Example) -> Rendered:
         reasoning = example.reasoning if self.reasoning == "train" else ""
