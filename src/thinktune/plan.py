@@ -1,0 +1,592 @@
+"""Estimate peak training memory from a model's config.json alone, and find settings that fit a VRAM budget.
+
+`thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --vram 8GB` and, before any weights are
+loaded, `thinktune train` (through :func:`check_fits` / :func:`ensure_fits`) use this module.
+
+What is counted, per component (bytes):
+
+- weights: every parameter at the weight precision, or for QLoRA the blocks' linear layers in 4-bit NF4 with
+  double quantization (0.5 byte per weight, one uint8 absmax per 64 weights, one fp32 absmax per 256 blocks,
+  per-tensor code tables) while embeddings, lm_head, norms and biases stay 16-bit;
+- LoRA adapters, their gradients and the optimizer state, from the exact adapter shapes (r x (in + out) per
+  targeted module, grouped-query attention included). PEFT keeps adapters in fp32 next to a 16-bit base; TRL
+  casts QLoRA adapters to bf16; AdamW keeps two states in the adapter dtype, 8-bit AdamW one byte each;
+- activations: the tensors autograd saves for a LoRA backward through a Llama/Qwen2/Qwen3 block with SDPA,
+  counted the way PyTorch keeps them (see :func:`_layer_saved`); with gradient checkpointing only each layer's
+  input plus one layer's recompute;
+- logits and loss: TRL's chunked LM head (never builds the logits; the default of `SFTTrainer`) or, with
+  ``loss="full"``, the full-vocabulary path (logits, their fp32 copy and log-softmax, 12 bytes per token per
+  vocabulary entry at the backward peak: the largest term at long lengths with a 152k vocabulary);
+- transients: one layer's forward/backward temporaries, the QLoRA dequantized weight, optimizer temporaries;
+- runtime: the CUDA context (not visible to PyTorch's allocator) and allocator fragmentation.
+
+The peak is the maximum over the phases of a step (loss, backbone backward, checkpoint recompute, optimizer
+step). The activation model was checked tensor by tensor against autograd's saved tensors, and end to end
+against measured peaks (benchmarks/plan_validation.py on CPU, benchmarks/plan_gpu_check.py on a GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from thinktune.errors import ThinktuneError
+from thinktune.model_specs import Arch, load_arch
+
+log = logging.getLogger(__name__)
+
+GiB = 2**30
+#: The CUDA context, cuBLAS/cuDNN handles and kernels: memory a process holds that PyTorch's allocator never sees.
+CUDA_CONTEXT_BYTES = GiB // 2
+#: Reserved-but-unused memory of the caching allocator (block rounding, freed segments), as a share of the peak.
+FRAGMENTATION = 0.10
+#: cuBLAS workspaces PyTorch allocates through its caching allocator (one per handle and stream; the forward and
+#: autograd's backward thread each get one; up to 32 MiB each on Hopper).
+CUBLAS_WORKSPACE_BYTES = 64 * 2**20
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: TRL's chunked LM head works on tiles of this many tokens x vocabulary columns (trl.kernels.chunked_logprob).
+_TRL_TOKEN_CHUNK, _TRL_VOCAB_CHUNK = 4096, 32768
+
+
+class PlanError(ThinktuneError, ValueError):
+    """A plan request that cannot be estimated as given (the message names the setting and the fix)."""
+
+
+class DoesNotFitError(ThinktuneError, RuntimeError):
+    """The configured run cannot fit on this GPU; the message gives the estimate and overrides that fit."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One training configuration to estimate. Built from a :class:`~thinktune.config.Config` by
+    :func:`setup_from_config`; tokens per micro-step are ``micro_batch * max_length`` (the worst case)."""
+
+    max_length: int
+    micro_batch: int
+    grad_accum: int
+    precision: str  # bf16 | fp16 | fp32
+    qlora: bool
+    lora_r: int
+    target_modules: tuple[str, ...]
+    lora_dropout: float
+    gradient_checkpointing: bool
+    optim: str
+    padding_free: bool
+    attention: str  # sdpa | flash_attention_2 | eager
+    loss: str = "chunked"  # chunked (TRL's fused LM head) | full (HF loss over materialised logits)
+    device: str = "cuda"
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.max_length
+
+
+@dataclass
+class Estimate:
+    """Peak memory of one training step by component; `components` add up to `total`."""
+
+    model: str
+    setup: Setup
+    components: dict[str, int]
+    peak_allocated: int  # what torch.cuda.max_memory_allocated would report
+    peak_phase: str
+    total: int  # peak_allocated + allocator reserve + CUDA context: what the GPU must have
+    phases: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["setup"]["tokens"] = self.setup.tokens
+        return d
+
+
+# ------------------------------------------------------------------------------------------ estimation
+
+
+def lora_param_count(arch: Arch, r: int, targets: tuple[str, ...]) -> int:
+    """Exact LoRA parameter count: r x (in + out) per targeted linear layer of every block."""
+    shapes = arch.linear_shapes()
+    return arch.num_layers * sum(r * (shapes[m][0] + shapes[m][1]) for m in targets)
+
+
+def weight_bytes(arch: Arch, precision: str, qlora: bool) -> int:
+    counts = arch.param_counts()
+    if not qlora:
+        return arch.total_params * (4 if precision == "fp32" else 2)
+    n = counts["linear_weights"]
+    tensors = 7 * arch.num_layers
+    blocks = math.ceil(n / 64)
+    # bitsandbytes NF4, blocksize 64, double quantization: packed 4-bit weights, uint8 absmax per block,
+    # fp32 absmax per 256 blocks, and per tensor a 256-entry fp32 code, the 16-entry NF4 code and an offset.
+    nf4 = n // 2 + blocks + 4 * math.ceil(blocks / 256) + tensors * (256 * 4 + 16 * 4 + 4)
+    return nf4 + 2 * (arch.total_params - n)
+
+
+def _dtypes(s: Setup) -> tuple[int, int, int, bool, int]:
+    """(activation bytes, adapter bytes, bytes of the input copy lora_A saves, whether each LoRA module
+    keeps its own input copy, bytes per dropout-mask element)."""
+    e = 4 if s.precision == "fp32" else 2
+    ad = (
+        2 if s.qlora else 4
+    )  # PEFT upcasts adapters to fp32 (autocast_adapter_dtype); TRL casts QLoRA ones to bf16
+    c = 2 if s.precision != "fp32" else ad  # under autocast, lora_A saves its bf16/fp16 cast of the input
+    copies = s.lora_dropout > 0 or ad != e
+    # CUDA's fused dropout keeps a bool mask; elsewhere dropout multiplies by a noise tensor in the input's dtype,
+    # and PEFT casts the input to the adapter dtype before dropout.
+    mask = 1 if s.device == "cuda" else ad
+    return e, ad, c, copies, mask
+
+
+def _attention_layout(s: Setup) -> tuple[bool, int]:
+    """(key/value saved at full head count, attention-mask bytes). Flash-attention (and SDPA without a mask)
+    keep grouped K/V; a packed or padded micro-batch under SDPA/eager gets a dense mask and repeated K/V."""
+    if s.attention == "flash_attention_2" or s.micro_batch == 1:
+        return False, 0
+    rows, length = (1, s.tokens) if s.padding_free else (s.micro_batch, s.max_length)
+    mask_elem = 1 if s.attention == "sdpa" else (4 if s.precision == "fp32" else 2)
+    return True, rows * length * length * mask_elem
+
+
+def _layer_saved(arch: Arch, s: Setup, input_grad: bool) -> tuple[int, bool]:
+    """(bytes autograd keeps for one decoder block's LoRA backward, whether the block's output requires grad).
+
+    Checked against the saved tensors of transformers' Qwen2/Qwen3/Llama blocks: RMSNorm keeps its fp32 input
+    and rsqrt, SDPA its q/k/v/output/logsumexp, the SiLU-gated MLP its three intermediate products, each LoRA
+    module its input (or its own cast/dropout copy), its dropout mask and lora_A's output. A tensor is only
+    saved where a gradient flows: before the first adapter nothing upstream needs one."""
+    T, h, i, H = s.tokens, arch.hidden_size, arch.intermediate_size, arch.num_heads
+    qd, kvd = arch.q_dim, arch.kv_dim
+    e, _, c, copies, mask = _dtypes(s)
+    targets = set(s.target_modules)
+    repeat_kv, _ = _attention_layout(s)
+    if s.attention == "eager":
+        repeat_kv = True
+
+    def lora_inputs(width: int, modules: tuple[str, ...], grad_in: bool, already_saved: bool) -> int:
+        n = len(targets.intersection(modules))
+        if n == 0:
+            return 0
+        if copies:
+            return n * T * width * (c + (mask if s.lora_dropout > 0 and grad_in else 0))
+        return 0 if already_saved else T * width * e
+
+    norm = T * h * 4 + T * 4
+    total = norm if input_grad else 0
+    total += lora_inputs(h, ("q_proj", "k_proj", "v_proj"), input_grad, False)
+    qkv_grad = input_grad or bool(targets & {"q_proj", "k_proj", "v_proj"})
+    if qkv_grad:
+        if arch.qk_norm:
+            total += T * (qd + kvd) * 4 + T * (H + arch.num_kv_heads) * 4
+        kv_saved = qd if repeat_kv else kvd
+        total += T * qd * e + 2 * T * kv_saved * e
+        if s.attention == "eager":
+            rows, length = (1, T) if s.padding_free else (s.micro_batch, s.max_length)
+            total += rows * H * length * length * (4 + e)  # fp32 softmax output and its cast
+        else:
+            total += T * qd * e + T * H * 4  # output and logsumexp
+    total += lora_inputs(qd, ("o_proj",), qkv_grad, qkv_grad and s.attention != "eager")
+    mid_grad = qkv_grad or "o_proj" in targets
+    total += norm if mid_grad else 0
+    total += lora_inputs(h, ("gate_proj", "up_proj"), mid_grad, False)
+    gate_grad, up_grad = mid_grad or "gate_proj" in targets, mid_grad or "up_proj" in targets
+    # SiLU keeps its input (the gate output); the gated product keeps each factor the other's gradient needs.
+    total += T * i * e * (2 * gate_grad + up_grad)
+    total += lora_inputs(i, ("down_proj",), gate_grad or up_grad, False)
+    total += len(targets) * T * s.lora_r * c  # lora_A outputs, saved by lora_B
+    return total, gate_grad or up_grad or "down_proj" in targets
+
+
+def _layer_transient(arch: Arch, s: Setup) -> int:
+    """Temporaries while one block runs forward or backward, beyond what it saves."""
+    T, h, i = s.tokens, arch.hidden_size, arch.intermediate_size
+    e, ad, c, copies, _ = _dtypes(s)
+    # Forward at down_proj: the gated product, PEFT's cast of it to the adapter dtype and the dropout output.
+    fwd = T * i * e + (T * i * 4 if ad != e else 0) + (T * i * ad if s.lora_dropout > 0 and copies else 0)
+    # Backward through the MLP: base and LoRA-branch input gradients meet, then the product's two gradients.
+    bwd = T * i * max(3 * e, e + c + max(ad, 4 if c != ad else 0)) + 2 * T * h * 4
+    extra = 0
+    if s.qlora:
+        # bitsandbytes dequantizes the whole weight to the compute dtype for long inputs (plus fp32 absmax).
+        largest = max(a * b for a, b in arch.linear_shapes().values())
+        extra = largest * 2 + 2 * 4 * math.ceil(largest / 64)
+    return max(fwd, bwd) + extra
+
+
+def _loss_bytes(arch: Arch, s: Setup) -> tuple[int, int]:
+    """(bytes saved for the loss's backward, peak bytes of the loss path including them)."""
+    T, h, V = s.tokens, arch.hidden_size, arch.vocab_size
+    e, _, c, _, _ = _dtypes(s)
+    if s.loss == "full":
+        # log_softmax output (fp32, saved) + at the backward peak its incoming gradient and its result.
+        return T * V * 4, T * V * 12
+    rows = min(T, _TRL_TOKEN_CHUNK)
+    # The kernel's tile buffer is always a full vocabulary chunk wide, even for smaller vocabularies.
+    buffer = rows * _TRL_VOCAB_CHUNK * c
+    # On CUDA a Triton kernel folds each tile in place. Elsewhere TRL's torch fallback holds 7.25 fp32
+    # tile-sized temporaries at its backward's busiest line (trl/kernels/chunked_logprob.py::_backward_tile:
+    # y, z, log p, p, grad, the target mask as float, its difference with p, and a bool mask).
+    fold = 0 if s.device == "cuda" else 29 * rows * min(V, _TRL_VOCAB_CHUNK)
+    saved = T * h * e + 3 * T * 4  # the gathered hidden states and per-token statistics
+    # backward: the saved tensors, the fp32 hidden-state gradient and the tile buffer, plus either the fold's
+    # temporaries or (after the loop) the gradient cast back to the activation dtype.
+    return saved, saved + T * h * 4 + buffer + max(fold, T * h * e if e != 4 else 0)
+
+
+def _optimizer_bytes(n_lora: int, ad: int, optim: str) -> tuple[int, int]:
+    """(persistent state, step temporaries) for the adapter parameters."""
+    if "8bit" in optim:
+        return n_lora * 2 + 2 * 4 * math.ceil(n_lora / 256), n_lora * 4
+    if optim.startswith(("adamw", "adam")) or optim in ("paged_adamw_32bit",):
+        return 2 * n_lora * ad, n_lora * ad
+    if optim.startswith("sgd"):
+        return 0, 0
+    # Adafactor, Lion, ... hold no more than AdamW's two states; count AdamW's so the estimate stays safe.
+    return 2 * n_lora * ad, n_lora * ad
+
+
+def saved_bytes(arch: Arch, s: Setup) -> dict[str, int]:
+    """What autograd holds for the backward when the forward ends, without checkpointing: every block's saved
+    tensors ("layers"), model-level ones ("shared": RoPE cos/sin saved by every block's rotary multiply, the
+    final norm's input, the attention mask, and under autocast the cached 16-bit casts of fp32 adapter
+    weights) and the loss's ("loss")."""
+    e, ad, _, _, _ = _dtypes(s)
+    _, mask_bytes = _attention_layout(s)
+    shared = 2 * s.tokens * arch.head_dim * e + (s.tokens * arch.hidden_size * 4 + s.tokens * 4) + mask_bytes
+    if s.precision != "fp32" and ad == 4:
+        shared += lora_param_count(arch, s.lora_r, s.target_modules) * 2
+    # Without checkpointing the embeddings' output needs no gradient (frozen); with it, TRL and PEFT make it
+    # require one so the recomputed first block gets gradients.
+    layers, grad = 0, s.gradient_checkpointing
+    for _ in range(arch.num_layers):
+        n, grad = _layer_saved(arch, s, grad)
+        layers += n
+    return {"layers": layers, "shared": shared, "loss": _loss_bytes(arch, s)[0]}
+
+
+def estimate(arch: Arch, s: Setup) -> Estimate:
+    """Peak memory of one steady-state training step (optimizer state already allocated)."""
+    if s.qlora and s.precision == "fp32":
+        raise PlanError("QLoRA computes in bf16/fp16: set model.dtype=auto (or bfloat16/float16).")
+    unknown = sorted(set(s.target_modules) - set(ALL_LINEAR))
+    if unknown:
+        raise PlanError(
+            f"lora.target_modules {unknown} are not linear layers of a decoder block ({ALL_LINEAR})."
+        )
+    T, h, L = s.tokens, arch.hidden_size, arch.num_layers
+    e, ad, _, _, _ = _dtypes(s)
+    n_lora = lora_param_count(arch, s.lora_r, s.target_modules)
+    weights = weight_bytes(arch, s.precision, s.qlora)
+    opt_state, opt_temp = _optimizer_bytes(n_lora, ad, s.optim)
+    adapters, grads = n_lora * ad, n_lora * ad
+    grads_fb = (
+        grads if s.grad_accum > 1 else 0
+    )  # with accumulation, gradients live through the next micro-step
+    saved = saved_bytes(arch, s)
+    layers_saved, shared = saved["layers"], saved["shared"]
+    one_layer = _layer_saved(arch, s, True)[0]
+    transient = _layer_transient(arch, s)
+    _, loss_peak = _loss_bytes(arch, s)
+    workspaces = CUBLAS_WORKSPACE_BYTES if s.device == "cuda" else 0
+    static = weights + adapters + opt_state + grads_fb + workspaces
+    if s.gradient_checkpointing:
+        ckpt_inputs = L * T * h * e  # each block's input, kept to recompute it
+        phases = {
+            "loss": static + ckpt_inputs + shared + loss_peak,
+            "layer recompute": static + grads + ckpt_inputs + shared + one_layer + transient + T * h * 4,
+        }
+        acts = ckpt_inputs + shared
+    else:
+        phases = {
+            "loss": static + layers_saved + shared + loss_peak,
+            "last-layer backward": static + grads + layers_saved + shared + transient + T * h * 4,
+        }
+        acts = layers_saved + shared
+    phases["optimizer step"] = weights + adapters + grads + opt_state + opt_temp + workspaces
+    peak_phase = max(phases, key=phases.__getitem__)
+    peak = phases[peak_phase]
+    runtime = CUDA_CONTEXT_BYTES if s.device == "cuda" else 0
+    reserve = int(peak * FRAGMENTATION) if s.device == "cuda" else 0
+    in_phase_grads = grads if peak_phase != "loss" else grads_fb
+    components = {
+        "weights": weights,
+        "LoRA adapters": adapters,
+        "LoRA gradients": in_phase_grads,
+        "optimizer state": opt_state,
+        "kernel workspaces": workspaces,
+        "activations (saved for backward)": acts if peak_phase != "optimizer step" else 0,
+    }
+    components["logits & loss" if s.loss == "full" else "LM head & loss (chunked)"] = (
+        loss_peak if peak_phase == "loss" else 0
+    )
+    rest = peak - sum(components.values())
+    components["recompute & temporaries"] = rest
+    components["CUDA context"] = runtime
+    components["allocator reserve"] = reserve
+    notes = []
+    _, mask_bytes = _attention_layout(s)
+    if s.device == "cuda" and s.attention == "sdpa" and mask_bytes:
+        notes.append(
+            f"SDPA with {'packed' if s.padding_free else 'padded'} micro-batches builds a "
+            f"{mask_bytes / GiB:.2f} GiB attention mask and repeats K/V per head; flash-attention avoids both."
+        )
+    return Estimate(
+        model=arch.name,
+        setup=s,
+        components=components,
+        peak_allocated=peak,
+        peak_phase=peak_phase,
+        total=peak + reserve + runtime,
+        phases=phases,
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------------ config -> setup
+
+
+def resolve_targets(target_modules: list[str] | str) -> tuple[str, ...]:
+    if target_modules == "all-linear":
+        return ALL_LINEAR
+    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    unknown = [n for n in names if n not in ALL_LINEAR]
+    if unknown:
+        raise PlanError(
+            f"lora.target_modules={names!r}: plan models the block linears {', '.join(ALL_LINEAR)}; "
+            f"{unknown} are not among them."
+        )
+    return tuple(n for n in ALL_LINEAR if n in names)
+
+
+def precision_for(dtype: str, device: str, bf16_supported: bool = True) -> str:
+    """The precision training would use (mirrors modeling.pick_dtype without importing torch)."""
+    if dtype == "auto":
+        if device != "cuda":
+            return "fp32"
+        return "bf16" if bf16_supported else "fp16"
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype]
+
+
+def setup_from_config(cfg: Any, *, device: str = "cuda", bf16_supported: bool = True) -> Setup:
+    """The :class:`Setup` a :class:`~thinktune.config.Config` describes, as training would run it."""
+    import importlib.util
+
+    m, lo, t = cfg.model, cfg.lora, cfg.train
+    attention = m.attn_implementation
+    if attention == "auto":
+        fa = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        attention = "flash_attention_2" if fa else "sdpa"
+    gc = {"on": True, "off": False, "auto": device == "cuda"}[t.gradient_checkpointing]
+    return Setup(
+        max_length=cfg.data.max_length,
+        micro_batch=t.per_device_train_batch_size,
+        grad_accum=t.gradient_accumulation_steps,
+        precision=precision_for(m.dtype, device, bf16_supported),
+        qlora=m.load_in_4bit,
+        lora_r=lo.r,
+        target_modules=resolve_targets(lo.target_modules),
+        lora_dropout=lo.lora_dropout,
+        gradient_checkpointing=gc,
+        optim=t.optim,
+        padding_free=t.padding_free,
+        attention=attention,
+        device=device,
+    )
+
+
+# ------------------------------------------------------------------------------------------ recommendation
+
+
+@dataclass
+class Recommendation:
+    fits: bool
+    setup: Setup
+    estimate: Estimate
+    overrides: list[str]
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fits": self.fits,
+            "overrides": self.overrides,
+            "reasons": self.reasons,
+            "estimate": self.estimate.to_dict(),
+        }
+
+
+def _lengths_to_try(want: int, fixed: bool) -> list[int]:
+    if fixed:
+        return [want]
+    out, n = [want], want
+    while n > 256:
+        n = max(256, (int(n * 0.75) // 128) * 128)
+        out.append(n)
+    return out
+
+
+def _batches_to_try(effective: int, fixed: int | None) -> list[int]:
+    if fixed is not None:
+        return [fixed]
+    out, b = [], 1
+    while b <= max(1, min(effective, 64)):
+        out.append(b)
+        b *= 2
+    return sorted(out, reverse=True)
+
+
+def overrides_for(s: Setup, base: Setup) -> list[str]:
+    out = []
+    if s.qlora != base.qlora:
+        out.append(f"model.load_in_4bit={'true' if s.qlora else 'false'}")
+    out += [
+        f"data.max_length={s.max_length}",
+        f"train.per_device_train_batch_size={s.micro_batch}",
+        f"train.gradient_accumulation_steps={s.grad_accum}",
+        f"train.gradient_checkpointing={'on' if s.gradient_checkpointing else 'off'}",
+    ]
+    return out
+
+
+def recommend(
+    arch: Arch,
+    base: Setup,
+    vram_bytes: int,
+    *,
+    effective_batch: int,
+    want_length: int,
+    fix_length: bool = False,
+    fix_batch: int | None = None,
+    allow_qlora: bool = True,
+) -> Recommendation:
+    """The fastest settings that fit: LoRA before QLoRA, the wanted max_length before shorter ones, gradient
+    checkpointing only when nothing fits without it, then the largest micro-batch (accumulation makes up the
+    effective batch)."""
+    methods = [True] if base.qlora else ([False, True] if allow_qlora else [False])
+    if base.precision == "fp32":
+        methods = [False]
+    tried: Estimate | None = None
+    for length in _lengths_to_try(want_length, fix_length):
+        for qlora in methods:
+            for gc in (False, True):
+                for b in _batches_to_try(effective_batch, fix_batch):
+                    s = replace(
+                        base,
+                        max_length=length,
+                        micro_batch=b,
+                        grad_accum=max(1, math.ceil(effective_batch / b)),
+                        qlora=qlora,
+                        gradient_checkpointing=gc,
+                    )
+                    est = estimate(arch, s)
+                    if tried is None or est.total < tried.total:
+                        tried = est
+                    if est.total <= vram_bytes:
+                        reasons = []
+                        if length < want_length:
+                            reasons.append(f"max_length lowered from {want_length} to {length} to fit")
+                        if qlora and not base.qlora:
+                            reasons.append("16-bit LoRA does not fit at this length: QLoRA (4-bit base)")
+                        if gc:
+                            reasons.append("gradient checkpointing on: nothing fits without it")
+                        return Recommendation(True, s, est, overrides_for(s, base), reasons)
+    assert tried is not None
+    return Recommendation(
+        False,
+        tried.setup,
+        tried,
+        overrides_for(tried.setup, base),
+        [
+            f"nothing fits in {vram_bytes / GiB:.1f} GiB; the smallest setting tried needs {tried.total / GiB:.1f} GiB"
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------ train-side check
+
+
+def parse_vram(text: str) -> int:
+    """'8GB', '7.5 GiB', '8192MB', '8' (GiB) -> bytes. GPU memory is binary: 8GB means 8 GiB, as vendors mean."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(gib|gb|g|mib|mb|m|tib|tb|t)?\s*", text.lower())
+    if not m:
+        raise PlanError(f"--vram {text!r}: give a size such as 8GB, 7.5GiB or 8192MB.")
+    value, unit = float(m.group(1)), (m.group(2) or "gb")[0]
+    bytes_ = int(value * {"m": 2**20, "g": GiB, "t": 2**40}[unit])
+    if bytes_ < 256 * 2**20:
+        raise PlanError(f"--vram {text!r} is under 256 MiB; did you mean {text}GB?")
+    return bytes_
+
+
+def detected_gpu() -> tuple[str, int, bool] | None:
+    """(name, total memory in bytes, bf16 supported) of CUDA device 0, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory, torch.cuda.is_bf16_supported()
+
+
+def detected_vram() -> int | None:
+    """Total memory of CUDA device 0 in bytes, or None on a machine without CUDA."""
+    gpu = detected_gpu()
+    return gpu[1] if gpu else None
+
+
+def check_fits(
+    cfg: Any, vram_bytes: int | None = None, *, loss: str = "chunked"
+) -> tuple[bool, Estimate | None, Recommendation | None]:
+    """Cheap pre-flight check (config.json only, no weights): (fits, estimate, recommendation if it does not).
+
+    Without a GPU (and no `vram_bytes`) nothing is checked: (True, None, None). A model whose config cannot be
+    read or modelled is not blocked either: the reason is logged and (True, None, None) returned."""
+    gpu = detected_gpu() if vram_bytes is None else None
+    if vram_bytes is None:
+        if gpu is None:
+            return True, None, None
+        vram_bytes = gpu[1]
+    bf16 = gpu[2] if gpu else True
+    try:
+        arch, _ = load_arch(cfg.model.name_or_path, cfg.model.revision)
+        base = replace(setup_from_config(cfg, device="cuda", bf16_supported=bf16), loss=loss)
+        est = estimate(arch, base)
+    except ThinktuneError as e:
+        log.warning("memory plan skipped: %s", e)
+        return True, None, None
+    if est.total <= vram_bytes:
+        return True, est, None
+    rec = recommend(
+        arch,
+        base,
+        vram_bytes,
+        effective_batch=base.micro_batch * base.grad_accum,
+        want_length=base.max_length,
+    )
+    return False, est, rec
+
+
+def ensure_fits(cfg: Any, vram_bytes: int | None = None, *, gpu_name: str | None = None) -> Estimate | None:
+    """Raise :class:`DoesNotFitError` naming the GPU, the estimate and overrides that fit; else the estimate."""
+    fits, est, rec = check_fits(cfg, vram_bytes)
+    if fits:
+        return est
+    assert est is not None and rec is not None
+    if vram_bytes is None:
+        gpu = detected_gpu()
+        assert gpu is not None
+        gpu_name, vram_bytes = gpu_name or gpu[0], gpu[1]
+    raise DoesNotFitError(fit_message(gpu_name or "this GPU", vram_bytes, est, rec))
+
+
+def fit_message(gpu_name: str, vram_bytes: int, est: Estimate, rec: Recommendation) -> str:
+    head = (
+        f"this configuration cannot fit on {gpu_name} ({vram_bytes / GiB:.1f} GB): estimated "
+        f"{est.total / GiB:.1f} GB (peak in the {est.peak_phase} phase)"
+    )
+    if rec.fits:
+        return (
+            f"{head}; try: {' '.join(rec.overrides)} (estimated {rec.estimate.total / GiB:.1f} GB). "
+            f"`thinktune plan` shows the breakdown."
+        )
+    return f"{head}; even {' '.join(rec.overrides)} needs {rec.estimate.total / GiB:.1f} GB: use a smaller model."
