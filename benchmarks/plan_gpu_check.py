@@ -141,7 +141,7 @@ def run(tiny: bool) -> tuple[list[dict], dict]:
         set_checkpointing(base, ckpt)
         ids = torch.randint(0, config.vocab_size, (1, tokens), device=device)
         length = tokens // rows_in_batch
-        inputs = {"input_ids": ids, "labels": ids.clone()}
+        inputs = {"input_ids": ids, "labels": ids.clone(), "use_cache": False}  # as TRL's SFTTrainer
         if rows_in_batch > 1:  # padding-free packing: positions restart at every example
             inputs["position_ids"] = torch.arange(length, device=device).repeat(rows_in_batch)[None]
         if loss_kind == "chunked":
@@ -244,7 +244,8 @@ def inputs_tensors(inputs: dict) -> list:
 
 
 def table(rows: list[dict], info: dict) -> str:
-    gib = 2**30
+    # GiB for the real model, MiB for the --tiny one
+    unit, gib = ("GiB", 2**30) if max(r["measured"] for r in rows) > 2**30 else ("MiB", 2**20)
     lines = [
         f"# thinktune plan: estimate vs measured peak ({MODEL} architecture, random weights)",
         "",
@@ -254,7 +255,7 @@ def table(rows: list[dict], info: dict) -> str:
         "SDPA; peak = torch.cuda.max_memory_allocated over two steps after a warm-up step "
         "(on CPU: live tensors + the allocator's running total in torch.profiler).",
         "",
-        "| tokens/step | rows | checkpointing | loss | estimate (GiB) | measured (GiB) | reserved (GiB) | "
+        f"| tokens/step | rows | checkpointing | loss | estimate ({unit}) | measured ({unit}) | reserved ({unit}) | "
         f"estimate/measured | within {TOLERANCE:.0%} | step (s) |",
         "|---:|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]

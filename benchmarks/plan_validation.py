@@ -138,7 +138,7 @@ def measure(case: dict) -> dict:
     kwargs = {"fused_lm_head": True} if case["loss"] == "chunked" else {}
 
     def step() -> float:
-        loss = model(input_ids=ids, labels=ids, **kwargs).loss
+        loss = model(input_ids=ids, labels=ids, use_cache=False, **kwargs).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -176,36 +176,44 @@ def measure(case: dict) -> dict:
     return {"live_at_start": live, "step_peak": peak, "rss_step_peak": rss_peak, "step_seconds": step_s}
 
 
-def run_case(case: dict) -> dict:
-    """Measure `case` in a fresh subprocess and set it beside the estimate."""
+def run_cases(cases: list[dict]) -> list[dict]:
+    """Measure `cases` in one fresh subprocess (one after another) and set each beside its estimate."""
     from thinktune.model_specs import arch_from_config
     from thinktune.plan import estimate
 
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run(
-        [sys.executable, __file__, "--measure", json.dumps(case)],
+        [sys.executable, __file__, "--measure", json.dumps(cases)],
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1800,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"measurement failed for {case}:\n{out.stderr[-3000:]}")
-    measured = json.loads(out.stdout.strip().splitlines()[-1])
-    arch = arch_from_config(config_for(case["model"]), case["model"])
-    est = estimate(arch, setup_for(case))
-    total = measured["live_at_start"] + measured["step_peak"]
-    rss_total = measured["live_at_start"] + measured["rss_step_peak"]
-    return {
-        **case,
-        "estimate": est.peak_allocated,
-        "estimate_phase": est.peak_phase,
-        "measured": total,
-        "ratio": est.peak_allocated / total,
-        "rss_measured": rss_total,
-        "rss_ratio": est.peak_allocated / rss_total,
-        **measured,
-    }
+        raise RuntimeError(f"measurement failed for {cases}:\n{out.stderr[-3000:]}")
+    rows = []
+    for case, measured in zip(cases, json.loads(out.stdout.strip().splitlines()[-1]), strict=True):
+        est = estimate(arch_from_config(config_for(case["model"]), case["model"]), setup_for(case))
+        total = measured["live_at_start"] + measured["step_peak"]
+        rss_total = measured["live_at_start"] + measured["rss_step_peak"]
+        rows.append(
+            {
+                **case,
+                "estimate": est.peak_allocated,
+                "estimate_phase": est.peak_phase,
+                "measured": total,
+                "ratio": est.peak_allocated / total,
+                "rss_measured": rss_total,
+                "rss_ratio": est.peak_allocated / rss_total,
+                **measured,
+            }
+        )
+    return rows
+
+
+def run_case(case: dict) -> dict:
+    """Measure `case` in a fresh subprocess and set it beside the estimate."""
+    return run_cases([case])[0]
 
 
 def table(rows: list[dict]) -> str:
@@ -232,7 +240,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON after the table")
     args = p.parse_args()
     if args.measure:
-        print(json.dumps(measure(json.loads(args.measure))))
+        todo = json.loads(args.measure)
+        print(json.dumps([measure(c) for c in todo] if isinstance(todo, list) else measure(todo)))
         return
     rows = []
     for case in QUICK_CASES if args.quick else FULL_CASES:

@@ -187,6 +187,11 @@ def _layer_saved(arch: Arch, s: Setup, input_grad: bool) -> tuple[int, bool]:
             total += rows * H * length * length * (4 + e)  # fp32 softmax output and its cast
         else:
             total += T * qd * e + T * H * 4  # output and logsumexp
+            if repeat_kv:
+                # SDPA turns the shared bool mask into an additive one in the query's dtype, and every
+                # layer's backward keeps its own copy.
+                rows, length = (1, T) if s.padding_free else (s.micro_batch, s.max_length)
+                total += rows * length * length * e
     total += lora_inputs(qd, ("o_proj",), qkv_grad, qkv_grad and s.attention != "eager")
     mid_grad = qkv_grad or "o_proj" in targets
     total += norm if mid_grad else 0
@@ -250,11 +255,15 @@ def _optimizer_bytes(n_lora: int, ad: int, optim: str) -> tuple[int, int]:
 def saved_bytes(arch: Arch, s: Setup) -> dict[str, int]:
     """What autograd holds for the backward when the forward ends, without checkpointing: every block's saved
     tensors ("layers"), model-level ones ("shared": RoPE cos/sin saved by every block's rotary multiply, the
-    final norm's input, the attention mask, and under autocast the cached 16-bit casts of fp32 adapter
+    final norm's input, with checkpointing the bool attention mask, and under autocast the cached 16-bit casts of fp32 adapter
     weights) and the loss's ("loss")."""
     e, ad, _, _, _ = _dtypes(s)
     _, mask_bytes = _attention_layout(s)
-    shared = 2 * s.tokens * arch.head_dim * e + (s.tokens * arch.hidden_size * 4 + s.tokens * 4) + mask_bytes
+    shared = 2 * s.tokens * arch.head_dim * e + (s.tokens * arch.hidden_size * 4 + s.tokens * 4)
+    if s.gradient_checkpointing:
+        shared += (
+            mask_bytes  # the bool mask is an argument of every checkpointed block, kept for the recompute
+        )
     if s.precision != "fp32" and ad == 4:
         shared += lora_param_count(arch, s.lora_r, s.target_modules) * 2
     # Without checkpointing the embeddings' output needs no gradient (frozen); with it, TRL and PEFT make it
@@ -330,7 +339,8 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     if s.device == "cuda" and s.attention == "sdpa" and mask_bytes:
         notes.append(
             f"SDPA with {'packed' if s.padding_free else 'padded'} micro-batches builds a "
-            f"{mask_bytes / GiB:.2f} GiB attention mask and repeats K/V per head; flash-attention avoids both."
+            f"{mask_bytes / GiB:.2f} GiB attention mask, keeps a copy of it in the activation dtype per layer and repeats K/V per "
+            "head; flash-attention avoids all three (or use micro-batch 1 with more accumulation)."
         )
     return Estimate(
         model=arch.name,
