@@ -409,11 +409,14 @@ def test_cli_plan_prints_table_and_overrides():
 
 
 def test_cli_plan_json_and_qlora():
-    out = cli("plan", "--model", R1_7B, "--vram", "8GB", "--qlora", "--json")
+    out = cli("plan", "--model", R1_7B, "--vram", "8GB", "--qlora", "--batch", "1", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     rec = data["recommendation"]
     assert rec["fits"] and rec["estimate"]["setup"]["qlora"]
+    # --batch pins the micro-batch; accumulation keeps the config's effective batch (4 x 4).
+    assert "train.per_device_train_batch_size=1" in rec["overrides"]
+    assert "train.gradient_accumulation_steps=16" in rec["overrides"]
     assert rec["estimate"]["total"] <= 8 * GiB
     assert data["arch"]["vocab_size"] == 152064
 

@@ -221,7 +221,14 @@ def _add_plan(sub) -> Callable:
     p.add_argument("--vram", help="GPU memory budget, e.g. 8GB, 7.5GiB, 24GB (default: the detected GPU)")
     p.add_argument("--data", help="data.source: measure token lengths to pick max_length (p99)")
     p.add_argument("--max-length", type=int, help="data.max_length: keep this length fixed")
-    p.add_argument("--batch", type=int, help="train.per_device_train_batch_size: keep this micro-batch fixed")
+    p.add_argument(
+        "--batch", type=int, help="keep this micro-batch (train.per_device_train_batch_size) fixed"
+    )
+    p.add_argument(
+        "--effective-batch",
+        type=int,
+        help="examples per optimizer step to keep (default: the config's micro-batch x gradient accumulation)",
+    )
     p.add_argument("--qlora", action="store_true", help="model.load_in_4bit=true: plan QLoRA only")
     p.add_argument(
         "--full-logits",
@@ -245,7 +252,6 @@ def _run_plan(args: argparse.Namespace) -> int:
             "model.name_or_path": args.model,
             "data.source": args.data,
             "data.max_length": args.max_length,
-            "train.per_device_train_batch_size": args.batch,
             "model.load_in_4bit": "true" if args.qlora else None,
         },
         need_data=False,
@@ -265,6 +271,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         loss="full" if args.full_logits else "chunked",
         fix_length=args.max_length is not None,
         fix_batch=args.batch,
+        effective_batch=args.effective_batch,
     )
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=2, default=_json_default))

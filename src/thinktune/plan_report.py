@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktune.model_specs import Arch, known_id, load_arch
-from thinktune.plan import Estimate, GiB, Recommendation, estimate, recommend, setup_from_config
+from thinktune.plan import Estimate, GiB, PlanError, Recommendation, estimate, recommend, setup_from_config
 from thinktune.utils import quantiles
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,19 @@ def build_plan(
     loss: str = "chunked",
     fix_length: bool = False,
     fix_batch: int | None = None,
+    effective_batch: int | None = None,
 ) -> dict[str, Any]:
     """Everything `thinktune plan` shows, as data: the model, the data's lengths, the configured setup's
     estimate with and without checkpointing, and the recommendation for `vram_bytes`."""
     arch, config_source = load_arch(cfg.model.name_or_path, cfg.model.revision)
     base = replace(setup_from_config(cfg, device="cuda", bf16_supported=bf16_supported), loss=loss)
+    if effective_batch is not None and effective_batch < 1:
+        raise PlanError(f"--effective-batch {effective_batch}: must be at least 1.")
+    if fix_batch is not None and fix_batch < 1:
+        raise PlanError(f"--batch {fix_batch}: must be at least 1.")
+    effective = effective_batch or base.micro_batch * base.grad_accum
+    micro = fix_batch or min(base.micro_batch, effective)
+    base = replace(base, micro_batch=micro, grad_accum=max(1, -(-effective // micro)))
     data_info, lengths = None, None
     want = base.max_length
     if cfg.data.source:
@@ -142,7 +150,7 @@ def build_plan(
         arch,
         base,
         vram_bytes,
-        effective_batch=base.micro_batch * base.grad_accum,
+        effective_batch=effective,
         want_length=want,
         fix_length=fix_length,
         fix_batch=fix_batch,
@@ -158,6 +166,7 @@ def build_plan(
         "vram_bytes": vram_bytes,
         "data": data_info,
         "wanted_max_length": want,
+        "effective_batch": effective,
         "configured": configured,
         "columns": columns,
         "recommendation": rec,
