@@ -55,6 +55,8 @@ TEST_QWEN2 = {
     "num_hidden_layers": 2,
     "vocab_size": 32000,
 }
+#: A small vocabulary and a wide MLP, so the peak falls inside the backbone's backward instead of the loss.
+WIDE_QWEN2 = {**SMALL_QWEN2, "intermediate_size": 2048, "vocab_size": 512}
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 FULL_CASES = [
@@ -64,6 +66,8 @@ FULL_CASES = [
     *({"model": "small-qwen2", "tokens": t, "gc": False, "loss": "full"} for t in (256, 512, 1024)),
     {"model": "small-qwen2", "tokens": 1024, "gc": True, "loss": "full"},
     {"model": "small-qwen2", "tokens": 1024, "gc": True, "loss": "chunked"},
+    {"model": "wide-qwen2", "tokens": 1024, "gc": False, "loss": "full"},
+    {"model": "wide-qwen2", "tokens": 1024, "gc": True, "loss": "full"},
 ]
 QUICK_CASES = [
     {"model": "small-qwen2", "tokens": 256, "gc": False, "loss": "full"},
@@ -74,8 +78,8 @@ QUICK_CASES = [
 def config_for(model: str) -> dict:
     from thinktune.model_specs import KNOWN_CONFIGS
 
-    if model in ("small-qwen2", "test-qwen2"):
-        return dict(SMALL_QWEN2 if model == "small-qwen2" else TEST_QWEN2)
+    if model in ("small-qwen2", "test-qwen2", "wide-qwen2"):
+        return dict({"small-qwen2": SMALL_QWEN2, "test-qwen2": TEST_QWEN2, "wide-qwen2": WIDE_QWEN2}[model])
     return dict(KNOWN_CONFIGS[model])
 
 

@@ -230,20 +230,24 @@ def test_saved_activations_match_autograd(family, precision, dropout, targets, r
 def test_estimate_matches_measured_cpu_peak():
     """End to end: real LoRA training steps (fp32, CPU, a fresh process), peak read from the allocator's running
     total. 10% is the defended tolerance: tensors are counted exactly (the test above); what remains is the
-    modelled size of temporaries (the chunked loss's torch fallback, the MLP backward), under 2% in
-    benchmarks/plan_validation.py's table."""
+    modelled size of temporaries (the chunked loss's torch fallback, a block's forward and backward), within
+    2% in benchmarks/plan_validation.py's table."""
     cases = [
         {"model": "test-qwen2", "tokens": 256, "gc": False, "loss": "full"},
         {"model": "test-qwen2", "tokens": 256, "gc": True, "loss": "chunked"},
+        # small vocabulary, wide MLP: the peak is in a block's recompute, not in the loss
+        {"model": "wide-qwen2", "tokens": 512, "gc": True, "loss": "full"},
     ]
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import plan_validation
     finally:
         sys.path.pop(0)
-    for row in plan_validation.run_cases(cases):
+    rows = plan_validation.run_cases(cases)
+    for row in rows:
         assert 0.9 <= row["ratio"] <= 1.1, row
         assert 0.85 <= row["rss_ratio"] <= 1.15, row  # the profiler-free cross-check agrees too
+    assert [r["estimate_phase"] for r in rows] == ["loss", "loss", "layer recompute"]
 
 
 def test_gpu_check_script_runs_on_cpu(tmp_path):

@@ -196,20 +196,23 @@ def _layer_saved(arch: Arch, s: Setup, input_grad: bool) -> tuple[int, bool]:
     return total, gate_grad or up_grad or "down_proj" in targets
 
 
-def _layer_transient(arch: Arch, s: Setup) -> int:
-    """Temporaries while one block runs forward or backward, beyond what it saves."""
-    T, h, i = s.tokens, arch.hidden_size, arch.intermediate_size
-    e, ad, c, copies, _ = _dtypes(s)
-    # Forward at down_proj: the gated product, PEFT's cast of it to the adapter dtype and the dropout output.
-    fwd = T * i * e + (T * i * 4 if ad != e else 0) + (T * i * ad if s.lora_dropout > 0 and copies else 0)
-    # Backward through the MLP: base and LoRA-branch input gradients meet, then the product's two gradients.
-    bwd = T * i * max(3 * e, e + c + max(ad, 4 if c != ad else 0)) + 2 * T * h * 4
+def _layer_transient(arch: Arch, s: Setup) -> tuple[int, int]:
+    """(forward, backward) temporaries of one block beyond what it saves, at their largest (measured with the
+    CPU allocator's event trace: the forward's peak is at down_proj, the backward's stays below it)."""
+    T, i = s.tokens, arch.intermediate_size
+    e, ad, c, _, _ = _dtypes(s)
+    # Forward at down_proj: the gated product (not saved when the adapter keeps its own copy), PEFT's cast of it
+    # to the adapter dtype, and the dropout output when autocast then saves a 16-bit cast of it instead.
+    fwd = T * i * e + (T * i * 4 if ad != e else 0) + (T * i * ad if s.lora_dropout > 0 and c != ad else 0)
+    # Backward: saved tensors are released node by node as gradients appear; one product-sized gradient, plus
+    # the fp32 gradient of the LoRA branch under autocast, is what is in flight.
+    bwd = T * i * (e + (4 if c != ad else 0))
     extra = 0
     if s.qlora:
         # bitsandbytes dequantizes the whole weight to the compute dtype for long inputs (plus fp32 absmax).
         largest = max(a * b for a, b in arch.linear_shapes().values())
         extra = largest * 2 + 2 * 4 * math.ceil(largest / 64)
-    return max(fwd, bwd) + extra
+    return fwd + extra, bwd + extra
 
 
 def _loss_bytes(arch: Arch, s: Setup) -> tuple[int, int]:
@@ -286,21 +289,29 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     saved = saved_bytes(arch, s)
     layers_saved, shared = saved["layers"], saved["shared"]
     one_layer = _layer_saved(arch, s, True)[0]
-    transient = _layer_transient(arch, s)
+    fwd_t, bwd_t = _layer_transient(arch, s)
     _, loss_peak = _loss_bytes(arch, s)
     workspaces = CUBLAS_WORKSPACE_BYTES if s.device == "cuda" else 0
     static = weights + adapters + opt_state + grads_fb + workspaces
+    incoming = T * h * 4  # the gradient arriving at a block (fp32 at most)
     if s.gradient_checkpointing:
         ckpt_inputs = L * T * h * e  # each block's input, kept to recompute it
         phases = {
             "loss": static + ckpt_inputs + shared + loss_peak,
-            "layer recompute": static + grads + ckpt_inputs + shared + one_layer + transient + T * h * 4,
+            "layer recompute": static
+            + grads
+            + ckpt_inputs
+            + shared
+            + one_layer
+            + max(fwd_t, bwd_t)
+            + incoming,
         }
         acts = ckpt_inputs + shared
     else:
         phases = {
+            "last-layer forward": static + layers_saved + shared + fwd_t,
             "loss": static + layers_saved + shared + loss_peak,
-            "last-layer backward": static + grads + layers_saved + shared + transient + T * h * 4,
+            "last-layer backward": static + grads + layers_saved + shared + bwd_t + incoming,
         }
         acts = layers_saved + shared
     phases["optimizer step"] = weights + adapters + grads + opt_state + opt_temp + workspaces
@@ -308,7 +319,7 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     peak = phases[peak_phase]
     runtime = CUDA_CONTEXT_BYTES if s.device == "cuda" else 0
     reserve = int(peak * FRAGMENTATION) if s.device == "cuda" else 0
-    in_phase_grads = grads if peak_phase != "loss" else grads_fb
+    in_phase_grads = grads_fb if peak_phase in ("loss", "last-layer forward") else grads
     components = {
         "weights": weights,
         "LoRA adapters": adapters,
