@@ -59,7 +59,7 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     # 0. Refuse what cannot work before loading anything heavy.
     checkpoint = None
     if resume is not None:
-        run, checkpoint = trainrun.reopen(cfg, resume)
+        run, checkpoint = trainrun.reopen(cfg, resume, main=main)
     model_facts = preflight(cfg)
     if resume is None:
         run = trainrun.new_run(cfg, dist)
@@ -104,21 +104,13 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     trainer, cbs = build_trainer(
         cfg, model, tok, train_enc, val_enc, run, device=device, precision=precision, checkpoint=checkpoint
     )
-    trainable, total = trainer.model.get_nb_trainable_parameters()
     if main:
-        log.info(
-            "precision %s on %s x%d; LoRA r=%d alpha=%d on %s: %s trainable of %s parameters (%.2f%%)",
-            precision,
-            device,
-            dist.num_processes,
-            cfg.lora.r,
-            cfg.lora.lora_alpha,
-            cfg.lora.target_modules,
-            f"{trainable:,}",
-            f"{total:,}",
-            100 * trainable / max(total, 1),
-        )
-        log.info("training on %d examples, evaluating on %d", len(train_enc), len(val_enc))
+        trainable, total = trainer.model.get_nb_trainable_parameters()
+        log.info("precision %s on %s x%d", precision, device, dist.num_processes)
+        lo = cfg.lora
+        share = f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)"
+        log.info("LoRA r=%d alpha=%d on %s: %s", lo.r, lo.lora_alpha, lo.target_modules, share)
+        log.info("%d training examples, %d held out", len(train_enc), len(val_enc))
 
     # 5. Train (evaluating first, so the curve starts at the base model's held-out loss).
     try:
@@ -136,40 +128,14 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
             trainrun.write_summary(run, {"status": status, "error": f"{type(e).__name__}: {e}"})
         raise
 
-    # 6. Save: the adapter with the tokenizer and its exact chat template beside it.
-    stopped = cbs["stop"].stopped
-    if not stopped:
-        trainer.save_model(str(run.adapter))  # every process: FSDP / ZeRO-3 gather the weights first
+    # 6. Save the adapter with the tokenizer and its exact chat template beside it; then summary.json.
+    signal_name = cbs["stop"].signal_name
+    if signal_name is None:
+        trainer.save_model(str(run.adapter))  # on every process: FSDP / ZeRO-3 gather the weights first
     if main:
-        metrics = next(
-            cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "MetricsWriter"
-        )
-        summary = trainrun.final_summary(
-            run, trainer, metrics.supervised_tokens, started, trainable, total, precision, device
-        )
-        summary |= {"status": "interrupted" if stopped else "completed", "train_examples": len(train_enc)}
-        summary |= {"validation_examples": len(val_enc), "world_size": dist.num_processes}
-        if stopped:
-            last = trainrun.latest_checkpoint(run)
-            summary["signal"] = cbs["stop"].signal_name
-            summary["checkpoint"] = str(last) if last else None
-            summary["resume_hint"] = f"thinktune train --resume {run.path}"
-            log.warning(
-                "%s: stopped at step %d; checkpoint saved in %s. Resume with: thinktune train --resume %s",
-                summary["signal"],
-                trainer.state.global_step,
-                last,
-                run.path,
-            )
-        trainrun.write_summary(run, summary)
-        if not stopped:
-            log.info(
-                "done in %.0f s: eval loss %s -> %s; adapter in %s",
-                summary["session_wall_time_s"],
-                trainrun.fmt(summary["initial_eval_loss"]),
-                trainrun.fmt(summary["final_eval_loss"]),
-                run.adapter,
-            )
+        facts = {"precision": precision, "device": device, "world_size": dist.num_processes}
+        facts |= {"train_examples": len(train_enc), "validation_examples": len(val_enc)}
+        trainrun.finish(run, trainer, started=started, signal_name=signal_name, facts=facts)
     dist.wait_for_everyone()
     return run
 

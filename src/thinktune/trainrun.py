@@ -34,7 +34,7 @@ def new_run(cfg: Config, dist: Any) -> RunDir:
     return RunDir(Path(holder[0]))
 
 
-def reopen(cfg: Config, resume: str | Path) -> tuple[RunDir, str]:
+def reopen(cfg: Config, resume: str | Path, *, main: bool = True) -> tuple[RunDir, str]:
     run = RunDir.open(resume)
     saved = run.config().to_dict()
     given = cfg.to_dict()
@@ -56,7 +56,8 @@ def reopen(cfg: Config, resume: str | Path) -> tuple[RunDir, str]:
             f"{run.checkpoints} holds no complete checkpoint, so there is nothing to resume "
             f"(checkpoints are written every train.save_steps={cfg.train.save_steps} steps). Start the run again."
         )
-    _truncate_metrics(run, _checkpoint_step(checkpoint))
+    if main:
+        _truncate_metrics(run, _checkpoint_step(checkpoint))
     return run, str(checkpoint)
 
 
@@ -94,30 +95,27 @@ def write_summary(run: RunDir, fields: dict[str, Any]) -> None:
     write_json(run.summary, old | fields)
 
 
-def final_summary(
-    run: RunDir,
-    trainer: Any,
-    supervised_tokens: int,
-    started: float,
-    trainable: int,
-    total: int,
-    precision: str,
-    device: str,
-) -> dict[str, Any]:
+def finish(
+    run: RunDir, trainer: Any, *, started: float, signal_name: str | None, facts: dict[str, Any]
+) -> None:
+    """Write the final summary.json (main process) and say what happened: where the adapter is, or how to resume."""
     records = run.metrics_records()
     losses = [r["loss"] for r in records if r.get("loss") is not None]
     evals = [r["eval_loss"] for r in records if r.get("eval_loss") is not None]
     old = json.loads(run.summary.read_text(encoding="utf-8")) if run.summary.is_file() else {}
     session = time.time() - started
     state = trainer.state
-    return {
+    metrics = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "MetricsWriter")
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    summary = {
+        "status": "interrupted" if signal_name else "completed",
         "steps": state.global_step,
         "max_steps": state.max_steps,
         "epochs": round(float(state.epoch or 0.0), 4),
         "session_wall_time_s": round(session, 1),
         "wall_time_s": round(session + float(old.get("wall_time_s") or 0.0), 1),
         "train_tokens": state.num_input_tokens_seen,
-        "supervised_tokens": supervised_tokens,
+        "supervised_tokens": metrics.supervised_tokens,
         "first_train_loss": losses[0] if losses else None,
         "final_train_loss": losses[-1] if losses else None,
         "initial_eval_loss": evals[0] if evals else None,
@@ -125,12 +123,21 @@ def final_summary(
         "best_eval_loss": min(evals) if evals else None,
         "trainable_params": trainable,
         "total_params": total,
-        "precision": precision,
-        "device": device,
+        **facts,
         "adapter": str(run.adapter) if (run.adapter / "adapter_config.json").is_file() else None,
         "loss_curve": str(run.loss_curve) if run.loss_curve.is_file() else None,
         "error": None,
     }
+    if signal_name:
+        last = latest_checkpoint(run)
+        summary |= {"signal": signal_name, "checkpoint": str(last) if last else None}
+        summary["resume_hint"] = f"thinktune train --resume {run.path}"
+        where = f"checkpoint saved in {last}. Resume with: {summary['resume_hint']}"
+        log.warning("%s: stopped at step %d; %s", signal_name, state.global_step, where)
+    else:
+        losses_msg = f"eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])}"
+        log.info("done in %.0f s: %s; adapter in %s", session, losses_msg, run.adapter)
+    write_summary(run, summary)
 
 
 def fmt(x: float | None) -> str:
