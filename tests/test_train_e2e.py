@@ -145,7 +145,7 @@ def test_smollm2_demo_in_a_few_steps(tmp_path, smollm2_dir, monkeypatch, capsys)
     assert "BEFORE (base model)" in out and "AFTER (fine-tuned)" in out and "reasoning:" in out
     assert "held-out loss:" in out and str(run.loss_curve) in out
     record = json.loads((run.path / "demo.json").read_text())
-    assert (
-        record["questions"] == 1
-        and record["pairs"][0]["before"]["prompt"] == record["pairs"][0]["after"]["prompt"]
-    )
+    assert record["questions"] == 1 and record["initial_eval_loss"] == summary["initial_eval_loss"]
+    pairs = [json.loads(line) for line in (run.path / "compare.jsonl").read_text().splitlines()]
+    assert len(pairs) == 1 and pairs[0]["question"] == run.examples("validation")[0].question
+    assert (run.path / "report.html").is_file()
