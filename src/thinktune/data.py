@@ -102,7 +102,12 @@ def _decode(raw: bytes, source: str) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
 
-_SURROGATE = re.compile("[\udc80-\udcff]")
+#: Undecodable bytes (kept by surrogateescape) and lone surrogate escapes such as "\\ud800" in JSON: neither is
+#: text that can be tokenized or written back as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNDECODABLE = (
+    "undecodable bytes (not UTF-8) or a lone surrogate escape such as \\ud800; re-save the file as UTF-8"
+)
 
 
 def _undecodable(value: Any) -> bool:
@@ -119,14 +124,19 @@ RowItem = tuple[int, "dict[str, Any] | _RowError"]
 
 
 def _json_lines(text: str) -> Iterator[RowItem]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Split at "\n" only: str.splitlines() also splits at U+2028, U+0085, \x0b and others, which JSON strings
+    # may hold raw; a trailing "\r" (CRLF files) is JSON whitespace.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
+        except RecursionError:
+            yield lineno, _RowError("JSON nested deeper than Python can parse")
+            continue
         except json.JSONDecodeError as e:
             if _SURROGATE.search(line):
-                yield lineno, _RowError("undecodable bytes (not UTF-8); re-save the file as UTF-8")
+                yield lineno, _RowError(_UNDECODABLE)
             else:
                 yield lineno, _RowError(f"malformed JSON ({e.msg} at column {e.colno})")
             continue
@@ -143,6 +153,10 @@ def _read_json(path: Path, text: str) -> Iterator[RowItem]:
     if stripped[0] == "[":
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise DataError(
+                f"{path}: JSON nested deeper than Python can parse; store one flat object per row (.jsonl)."
+            ) from None
         except json.JSONDecodeError as e:
             raise DataError(
                 f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). "
@@ -160,7 +174,7 @@ def _read_json(path: Path, text: str) -> Iterator[RowItem]:
         # A .json file that holds one object per line (common for exported datasets).
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             yield from _json_lines(text)
             return
         if isinstance(obj, dict) and all(isinstance(v, list) for v in obj.values()) and obj:
@@ -177,19 +191,33 @@ def _read_json(path: Path, text: str) -> Iterator[RowItem]:
 
 
 def _read_csv(path: Path, text: str) -> Iterator[RowItem]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None:
-        return
-    for i, row in enumerate(reader, start=1):
-        if None in row:
-            yield (
-                i,
-                _RowError(
-                    f"has {len(row[None]) + len(reader.fieldnames)} cells, the header has {len(reader.fieldnames)}"
-                ),
-            )
-            continue
-        yield i, {k: v for k, v in row.items()}
+    return iter(_csv_rows(path, text))
+
+
+def _csv_rows(path: Path, text: str) -> list[RowItem]:
+    # Read eagerly so the raised field-size limit (the default 128 KiB is shorter than some chains of thought)
+    # is restored before anything else in the process parses CSV.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    out: list[RowItem] = []
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            if reader.fieldnames is None:
+                return out
+            for i, row in enumerate(reader, start=1):
+                if None in row:
+                    cells = len(row[None]) + len(reader.fieldnames)
+                    out.append((i, _RowError(f"has {cells} cells, the header has {len(reader.fieldnames)}")))
+                    continue
+                out.append((i, {k: v for k, v in row.items()}))
+        except csv.Error as e:
+            raise DataError(
+                f"{path}: not readable as CSV near line {reader.line_num} ({e}); re-export it with standard quoting."
+            ) from None
+    finally:
+        csv.field_size_limit(limit)
+    return out
 
 
 def _read_parquet(path: Path) -> Iterator[RowItem]:
@@ -315,6 +343,8 @@ def split_think(text: str, what: str) -> tuple[str, str]:
     if closes > 1:
         raise _RowError(f"{what} has {closes} '</think>' tags; expected one reasoning block")
     before, after = text.split(THINK_CLOSE, 1)
+    if THINK_OPEN in after:
+        raise _RowError(f"{what} has '<think>' after '</think>'; expected one reasoning block first")
     if opens:
         pre, reasoning = before.split(THINK_OPEN, 1)
         if pre.strip():
@@ -381,8 +411,11 @@ def _from_messages(row: Mapping[str, Any]) -> tuple[str | None, str, str, str]:
     return system, user[0], (reasoning or "").strip() or inline_reasoning, answer
 
 
-def row_to_example(row: Mapping[str, Any], schema: str, columns: Mapping[str, str]) -> Example:
-    """Map one row onto an Example or raise _RowError with the reason."""
+def row_to_example(
+    row: Mapping[str, Any], schema: str, columns: Mapping[str, str], reserved: Sequence[str] = ()
+) -> Example:
+    """Map one row onto an Example or raise _RowError with the reason. `reserved` lists texts the tokenizer
+    reads as control tokens (``Formatter.reserved``): a field holding one is refused, never tokenized as it."""
     if schema == "medical-o1":
         q, r, a = _text(row, "Question"), _text(row, "Complex_CoT"), _text(row, "Response")
         system = None
@@ -415,6 +448,12 @@ def row_to_example(row: Mapping[str, Any], schema: str, columns: Mapping[str, st
         raise _RowError("empty answer")
     if THINK_OPEN in r or THINK_CLOSE in r:
         raise _RowError("the reasoning contains a nested '<think>' or '</think>' tag")
+    for name, value in (("question", q), ("reasoning", r), ("answer", a), ("system", system)):
+        for token in reserved:
+            if value and token in value:
+                raise _RowError(
+                    f"the {name} contains {token!r}, which the tokenizer reads as a control token, not as text"
+                )
     return Example(question=q, reasoning=r, answer=a, system=(system.strip() or None) if system else None)
 
 
@@ -431,8 +470,10 @@ def load_examples(
     on_bad_row: str = "skip",
     system_prompt: str | None = None,
     keep: Sequence[str] = (),
+    reserved: Sequence[str] = (),
 ) -> LoadResult:
-    """Read, validate and deduplicate a source. `keep` names extra columns copied into `Example.meta`."""
+    """Read, validate and deduplicate a source. `keep` names extra columns copied into `Example.meta`;
+    `reserved` lists control-token texts (``Formatter.reserved``) that make a row bad wherever they occur."""
     name, rows = read_rows(source, config_name, split)
     columns = dict(columns or {})
     if columns and schema == "auto":
@@ -452,8 +493,8 @@ def load_examples(
             log.info("%s: detected schema %r", name, schema)
         try:
             if _undecodable(row):
-                raise _RowError("undecodable bytes (not UTF-8); re-save the file as UTF-8")
-            ex = row_to_example(row, schema, columns)
+                raise _RowError(_UNDECODABLE)
+            ex = row_to_example(row, schema, columns, reserved)
         except _RowError as e:
             bad.append(BadRow(name, rowno, str(e)))
             continue

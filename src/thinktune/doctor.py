@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktune.data import Example
-from thinktune.formatting import Encoded, Formatter
+from thinktune.formatting import Encoded, ExampleError, Formatter
 from thinktune.utils import quantiles, write_json
 
 log = logging.getLogger(__name__)
@@ -197,8 +197,12 @@ def build_report(
     splits: dict[str, int] | None = None,
     tokenizer_name: str = "",
 ) -> dict[str, Any]:
+    data = dict(load_summary)
+    if fmt.refused:  # examples the template could not render as given: bad rows too
+        data["bad_rows"] = list(data.get("bad_rows", [])) + fmt.refused
+        data["examples"] = data.get("examples", 0) - len(fmt.refused)
     return {
-        "data": load_summary,
+        "data": data,
         "splits": splits or {},
         "tokenizer": tokenizer_name,
         "template": {**fmt.describe(), "notes": notes},
@@ -219,7 +223,16 @@ def write_report(
 
 
 def encode_all(fmt: Formatter, examples: list[Example]) -> list[Encoded]:
-    return [fmt.encode(e) for e in examples]
+    """Encode every example; one the template cannot render faithfully (ExampleError) is skipped, logged and
+    recorded in ``fmt.refused``, which :func:`build_report` lists with the bad rows."""
+    out = []
+    for e in examples:
+        try:
+            out.append(fmt.encode(e))
+        except ExampleError as err:
+            fmt.refused.append({"row": e.meta.get("row"), "reason": str(err)})
+            log.warning("skipped row %s: %s", e.meta.get("row"), err)
+    return out
 
 
 def print_summary(report: dict[str, Any], out=None) -> None:

@@ -54,6 +54,32 @@ class TemplateError(ThinktuneError, ValueError):
     """The chat template cannot be used safely as configured; the message says why and what to set."""
 
 
+class ExampleError(ThinktuneError, ValueError):
+    """One example (or prompt) cannot be rendered faithfully; the others can. The message names the field.
+
+    Raised for text holding a string the tokenizer reads as a special token (``<|im_end|>`` inside an answer
+    would become a real end of turn), a lone surrogate (not encodable), an empty answer, or text the chat
+    template itself rewrites (e.g. Qwen3's template strips newlines around the answer). The data layer reports
+    such rows as bad rows before they get here (``load_examples(..., reserved=formatter.reserved)``)."""
+
+
+#: Added tokens that read as markup (``<think>``, ``<|im_end|>``, ``<｜end▁of▁sentence｜>``): text holding one
+#: would be tokenized as that token. Added tokens that are plain text (runs of spaces in code models) are not.
+_MARKUP_TOKEN = re.compile(r"<[^<>\s]+>|<\|.*\|>|<｜.*｜>|\[[A-Z_]+\]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def reserved_texts(tokenizer: Any) -> tuple[str, ...]:
+    """Strings this tokenizer turns into special or added control tokens wherever they occur in text."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        content = str(getattr(added, "content", added))
+        if getattr(added, "special", False) or _MARKUP_TOKEN.fullmatch(content):
+            found.add(content)
+    found.discard("")
+    return tuple(sorted(found, key=lambda t: (-len(t), t)))
+
+
 def check_text_template(template: str) -> list[str]:
     """Problems with a user text template (empty list when usable)."""
     problems = []
@@ -133,6 +159,13 @@ class Formatter:
         if reasoning not in ("train", "drop"):
             raise ValueError(f"reasoning must be 'train' or 'drop', got {reasoning!r}")
         self.tokenizer = tokenizer
+        self.refused: list[dict[str, Any]] = []  # examples doctor.encode_all skipped (row, reason)
+        self.reserved = reserved_texts(tokenizer)
+        self._reserved_re = re.compile("|".join(map(re.escape, self.reserved))) if self.reserved else None
+        if system_prompt:
+            problem = self._text_problem(system_prompt)
+            if problem:
+                raise TemplateError(f"data.system_prompt {problem}; remove it from the setting.")
         self.reasoning = reasoning
         self.system_prompt = system_prompt
         self.chat_template = _template_source(tokenizer)
@@ -213,14 +246,19 @@ class Formatter:
             [{"role": "user", "content": _PROBE_Q}, {"role": "assistant", "content": _PROBE_A}], False
         )
         tail = full[full.rfind(_PROBE_A) + len(_PROBE_A) :]
+        # Everything after an answer is template text, the same for every answer: the answer is located by
+        # this suffix, never by searching for its text (a short answer like "e" also occurs inside "<|im_end|>").
+        self._answer_suffix = tail
         tok = self.tokenizer
         special = set(getattr(tok, "all_special_tokens", []) or [])
         special |= {str(t) for t in getattr(tok, "added_tokens_decoder", {}).values()}
         ids = tok(tail, add_special_tokens=False)["input_ids"]
         for token in tok.convert_ids_to_tokens(ids):
-            if token in special:
+            if token in special and token in tail:
+                self._between = tail[: tail.find(token)]
                 return token
         if tok.eos_token and tok.eos_token in tail:
+            self._between = tail[: tail.find(tok.eos_token)]
             return tok.eos_token
         raise TemplateError(
             f"the chat template ends an assistant turn with {tail!r}, which holds no special token: a model trained "
@@ -239,8 +277,33 @@ class Formatter:
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + [{"role": "user", "content": question}]
 
+    def _text_problem(self, text: str) -> str | None:
+        """Why `text` cannot go into a prompt or completion as plain text, or None."""
+        bad = _SURROGATE.search(text)
+        if bad:
+            return (
+                f"holds a lone UTF-16 surrogate ({bad.group(0).encode('unicode_escape').decode()}), which is not "
+                "valid text"
+            )
+        if self._reserved_re is not None:
+            m = self._reserved_re.search(text)
+            if m:
+                return (
+                    f"contains {m.group(0)!r}, which this tokenizer reads as a special token, not as text (it "
+                    "would inject a control token, such as an end of turn, into the conversation)"
+                )
+        return None
+
+    def check_text(self, **fields: str | None) -> None:
+        """Raise ExampleError if any of the named texts cannot be rendered as plain text."""
+        for name, text in fields.items():
+            problem = self._text_problem(text) if text else None
+            if problem:
+                raise ExampleError(f"the {name} {problem}")
+
     def prompt(self, question: str, system: str | None = None) -> str:
         """The generation prompt, identical at training and inference."""
+        self.check_text(question=question, system=system)
         if self.family == TEXT:
             return self._render_text(question, "", "", system)[0]
         return self._apply(self.messages(question, system), True)
@@ -276,6 +339,9 @@ class Formatter:
         """The generation prompt after earlier turns; with no turns it is exactly :meth:`prompt`."""
         if not turns:
             return self.prompt(question, system)
+        self.check_text(question=question, system=system)
+        for q, reasoning, answer in turns:
+            self.check_text(question=q, reasoning=reasoning, answer=answer)
         if self.family == TEXT:
             raise TemplateError(
                 "a plain-text template has no multi-turn form: each question is asked on its own "
@@ -285,6 +351,13 @@ class Formatter:
 
     def render(self, example: Example) -> Rendered:
         reasoning = example.reasoning if self.reasoning == "train" else ""
+        if not example.answer.strip():
+            raise ExampleError("the answer is empty")
+        self.check_text(
+            question=example.question, reasoning=reasoning, answer=example.answer, system=example.system
+        )
+        if THINK_OPEN in reasoning or THINK_CLOSE in reasoning or THINK_CLOSE in example.answer:
+            raise ExampleError("the reasoning or the answer contains a '<think>' or '</think>' tag")
         if self.family == TEXT:
             prompt, completion, answer_start = self._render_text(
                 example.question, reasoning, example.answer, example.system
@@ -302,22 +375,32 @@ class Formatter:
                     f"differ from inference text.\n  prompt ends: {prompt[-80:]!r}\n  full text:   "
                     f"{full[len(prompt) - 80 : len(prompt) + 40]!r}\nSet model.chat_template to a consistent template."
                 )
-            completion = self._cut_after_eot(full[len(prompt) :], example.answer)
-        answer_start = completion.rfind(example.answer, 0, completion.rfind(self.eot))
+            # Whatever the template writes after the end-of-turn token (usually "\n") is never generated.
+            answer_end = self._answer_end(full, example.answer)
+            completion = full[len(prompt) : answer_end + len(self._between) + len(self.eot)]
+        answer_start = len(completion) - len(self.eot) - len(self._between) - len(example.answer)
         if reasoning and reasoning not in completion[:answer_start]:
-            raise TemplateError(
-                f"the chain of thought was lost while rendering with the {self.family} template"
+            raise ExampleError(
+                f"the chain of thought was changed while rendering with the {self.family} template (it begins "
+                "or ends with characters the template strips)"
             )
         return Rendered(prompt, completion, answer_start)
 
+    def _answer_end(self, full: str, answer: str) -> int:
+        """Where `answer` ends in a rendered conversation that closes with it; ExampleError if the template
+        changed the answer's text."""
+        if not full.endswith(answer + self._answer_suffix):
+            raise ExampleError(
+                "the chat template changed the answer text while rendering it (it begins or ends with characters "
+                "the template strips, such as newlines)"
+            )
+        return len(full) - len(self._answer_suffix)
+
     def _strips_completion(self, msgs: list[dict[str, str]], prompt: str, reasoning: str, answer: str) -> str:
         full = self._apply(msgs + [{"role": "assistant", "content": answer}], False)
-        at = full.rfind(answer)
-        head, tail = full[:at], full[at + len(answer) :]
-        eot_at = tail.find(self.eot)
-        if eot_at < 0:
-            raise TemplateError(f"the template's assistant turn does not end with {self.eot!r}")
-        between = tail[:eot_at]  # text the template puts between the answer and the end-of-turn token
+        end = self._answer_end(full, answer)
+        head = full[: end - len(answer)]
+        between = self._between  # text the template puts between the answer and the end-of-turn token
         if prompt == head:
             return self.think_block(reasoning) + answer + between + self.eot
         prefill = prompt[len(head) :]
@@ -331,14 +414,6 @@ class Formatter:
             "the generation prompt does not match the template's assistant header:\n"
             f"  prompt ends: {prompt[-60:]!r}\n  assistant turn starts: {head[-60:]!r}"
         )
-
-    def _cut_after_eot(self, completion: str, answer: str) -> str:
-        start = completion.rfind(answer)
-        at = completion.find(self.eot, max(start, 0) + len(answer))
-        if at < 0:
-            raise TemplateError(f"the rendered assistant turn has no end-of-turn token {self.eot!r}")
-        # Whatever the template writes after the end-of-turn token (usually "\n") is never generated.
-        return completion[: at + len(self.eot)]
 
     def _render_text(
         self, question: str, reasoning: str, answer: str, system: str | None
@@ -403,7 +478,13 @@ class Formatter:
 
     def check(self, examples: list[Example] | None = None) -> list[str]:
         """Run the startup checks; return notes (things handled). Raises TemplateError on real problems."""
-        probes = list(examples or [])
+        probes = []
+        for ex in examples or []:
+            try:
+                self.render(ex)
+            except ExampleError:
+                continue  # that example is reported as a bad row; the template is checked on the others
+            probes.append(ex)
         probes += [
             Example("What is 2 + 2?", "Two plus two is four.", "4"),
             Example(

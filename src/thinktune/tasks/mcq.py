@@ -14,6 +14,7 @@ reasoning, and that is recorded. Anything else is unparseable and counted as suc
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import math
@@ -33,6 +34,8 @@ from thinktune.tasks.language import detect_language
 class MCQError(ThinktuneError, ValueError):
     """A benchmark file cannot be used; the message names the file, the rows and the expected format."""
 
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 FORMAT_HINT = (
     'each line must be a JSON object like {"question": "...", "options": {"A": "...", "B": "..."}, '
@@ -97,41 +100,52 @@ def load_mcq(path: str | Path, limit: int | None = None) -> MCQSet:
     problems: list[str] = []
     counts: Counter[str] = Counter()
     rows = 0
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            rows += 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"line {lineno}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                problems.append(f"line {lineno}: expected a JSON object")
-                continue
-            question = row.get("question")
-            opts = _options(row.get("options"))
-            if not isinstance(question, str) or not question.strip():
-                problems.append(f"line {lineno}: `question` is missing or empty")
-                continue
-            if opts is None:
+    raw = p.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    # Undecodable bytes become lone surrogates, so the line holding them is reported instead of the whole file
+    # failing; lines are split at "\n" only (JSON strings may hold U+2028 and other line separators).
+    for lineno, line in enumerate(raw.decode("utf-8", errors="surrogateescape").split("\n"), start=1):
+        if not line.strip():
+            continue
+        rows += 1
+        if _SURROGATE.search(line):
+            problems.append(f"line {lineno}: not valid UTF-8 text (or a lone surrogate escape)")
+            continue
+        try:
+            row = json.loads(line)
+        except RecursionError:
+            problems.append(f"line {lineno}: nested too deeply")
+            continue
+        except json.JSONDecodeError as e:
+            problems.append(f"line {lineno}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"line {lineno}: expected a JSON object")
+            continue
+        question = row.get("question")
+        opts = _options(row.get("options"))
+        if not isinstance(question, str) or not question.strip():
+            problems.append(f"line {lineno}: `question` is missing or empty")
+            continue
+        if _SURROGATE.search(question) or any(_SURROGATE.search(t) for t in (opts or {}).values()):
+            problems.append(f"line {lineno}: holds a lone surrogate escape such as \\ud800 (not valid text)")
+            continue
+        if opts is None:
+            problems.append(f"line {lineno}: `options` must map at least two letters (A, B, ...) to texts")
+            continue
+        answer = None
+        if "answer_idx" in row and row["answer_idx"] is not None:
+            answer = _answer_letter(row["answer_idx"], opts)
+            if answer is None:
                 problems.append(
-                    f"line {lineno}: `options` must map at least two letters (A, B, ...) to texts"
+                    f"line {lineno}: answer_idx {row['answer_idx']!r} is not one of the options {list(opts)}"
                 )
                 continue
-            answer = None
-            if "answer_idx" in row and row["answer_idx"] is not None:
-                answer = _answer_letter(row["answer_idx"], opts)
-                if answer is None:
-                    problems.append(
-                        f"line {lineno}: answer_idx {row['answer_idx']!r} is not one of the options {list(opts)}"
-                    )
-                    continue
-                counts[answer] += 1
-            meta = {k: v for k, v in row.items() if k not in ("question", "options", "answer_idx")}
-            if limit is None or len(items) < limit:
-                items.append(MCQItem(question.strip(), opts, answer, lineno, meta))
+            counts[answer] += 1
+        meta = {k: v for k, v in row.items() if k not in ("question", "options", "answer_idx")}
+        if limit is None or len(items) < limit:
+            items.append(MCQItem(question.strip(), opts, answer, lineno, meta))
     if problems:
         shown = "\n  ".join(problems[:10]) + (
             f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
