@@ -78,7 +78,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, start):
     root, model, data = setup
-    train_settings = dict(max_steps=60, save_steps=5, eval_steps=20, save_total_limit=2)
+    train_settings = dict(max_steps=30, save_steps=5, eval_steps=10, save_total_limit=2)
     sections = tiny_sections(model, data, root / "runs", run_name="killed", **train_settings)
     config = write_config(root / "killed.yaml", sections)
     proc = start(config, root)
@@ -92,11 +92,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, start):
 
     resumed = train(RunDir.open(run).config(), resume=run)
     summary = json.loads(resumed.summary.read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 60
+    assert summary["status"] == "completed" and summary["steps"] == 30
     assert summary["resumed_from"].startswith(str(run / "checkpoints" / "checkpoint-"))
     train_log, eval_log = read_metrics(run)
-    assert [r["step"] for r in train_log] == list(range(1, 61))  # continues, no repeated or missing steps
-    assert [r["step"] for r in eval_log] == [0, 20, 40, 60]
+    assert [r["step"] for r in train_log] == list(range(1, 31))  # continues, no repeated or missing steps
+    assert [r["step"] for r in eval_log] == [0, 10, 20, 30]
 
     sections["train"]["run_name"] = "reference"
     reference = train(load_config(write_config(root / "reference.yaml", sections)))
