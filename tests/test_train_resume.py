@@ -132,3 +132,41 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(setup, start):
     assert Path(summary["checkpoint"]) == run / "checkpoints" / f"checkpoint-{step}"
     assert (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
     assert not (run / "adapter").exists()
+
+
+def test_early_stopping_stops_and_keeps_the_best_adapter(setup):
+    root, model, data = setup
+    # A learning rate too small to change the held-out loss: no evaluation improves on the first one.
+    sections = tiny_sections(
+        model, data, root / "runs", run_name="early", max_steps=40, eval_steps=2, save_steps=2,
+        learning_rate=1e-12, early_stopping_patience=2,
+    )  # fmt: skip
+    run = train(load_config(write_config(root / "early.yaml", sections)))
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "completed" and summary["steps"] < 40
+    _, eval_log = read_metrics(run.path)
+    assert len(eval_log) <= 5 and (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_run_without_validation_split(setup):
+    root, model, data = setup
+    sections = tiny_sections(model, data, root / "runs", run_name="no-val", max_steps=3)
+    sections["data"]["val_size"] = 0
+    run = train(load_config(write_config(root / "no-val.yaml", sections)))
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "completed" and summary["initial_eval_loss"] is None
+    assert not run.validation_data.exists() and run.loss_curve.is_file()
+    train_log, eval_log = read_metrics(run.path)
+    assert len(train_log) == 3 and eval_log == []
+
+
+def test_early_stopping_needs_checkpoints_at_evaluations(setup):
+    from thinktune.preflight import TrainError
+
+    root, model, data = setup
+    sections = tiny_sections(model, data, root / "runs", run_name="bad", eval_steps=3, save_steps=4)
+    sections["train"]["early_stopping_patience"] = 2
+    with pytest.raises(
+        TrainError, match="train.save_steps \\(4\\) to be a multiple of train.eval_steps \\(3\\)"
+    ):
+        train(load_config(write_config(root / "bad.yaml", sections)))
