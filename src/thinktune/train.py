@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from thinktune import doctor, trainrun
+from thinktune import doctor, safety, trainrun
 from thinktune.config import Config, dump_yaml
 from thinktune.data import load_examples, split_examples
 from thinktune.formatting import Encoded, Formatter
@@ -123,15 +123,25 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
         ):
             trainer.evaluate()  # the final held-out loss, when the last step was not an evaluation step
     except BaseException as e:
+        # Out of memory, disk full, NaN: a ThinktuneError saying what to do instead of a traceback.
+        status, explained = safety.explain_failure(e, cfg, run)
         if main:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            trainrun.write_summary(run, {"status": status, "error": f"{type(e).__name__}: {e}"})
+            error = explained or e
+            trainrun.write_summary(run, {"status": status, "error": f"{type(error).__name__}: {error}"})
+        if explained is not None:
+            raise explained from None
         raise
 
     # 6. Save the adapter with the tokenizer and its exact chat template beside it; then summary.json.
     signal_name = cbs["stop"].signal_name
     if signal_name is None:
-        trainer.save_model(str(run.adapter))  # on every process: FSDP / ZeRO-3 gather the weights first
+        try:  # written beside adapter/ and renamed into place: never half an adapter
+            safety.save_adapter(trainer, run, main=main)
+        except OSError as e:
+            status, explained = safety.explain_failure(e, cfg, run)
+            if main:
+                trainrun.write_summary(run, {"status": status, "error": str(explained or e)})
+            raise (explained or e) from None
     if main:
         facts = {"precision": precision, "device": device, "world_size": dist.num_processes}
         facts |= {"train_examples": len(train_enc), "validation_examples": len(val_enc)}
@@ -308,6 +318,7 @@ def build_trainer(
         "curve": LossCurve(run.metrics, run.loss_curve, title=f"{run.path.name}: {cfg.model.name_or_path}"),
         "stop": GracefulStop(),
         "progress": ProgressBar(),
+        "finite": safety.NonFiniteGuard(cfg, run, precision),
     }
     if cfg.train.early_stopping_patience is not None and val_enc:
         cbs["early"] = EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience)

@@ -57,6 +57,9 @@ def reopen(cfg: Config, resume: str | Path, *, main: bool = True) -> tuple[RunDi
             f"(checkpoints are written every train.save_steps={cfg.train.save_steps} steps). Start the run again."
         )
     if main:
+        from thinktune.safety import remove_incomplete_checkpoints
+
+        remove_incomplete_checkpoints(run)  # a save killed midway: redone from the checkpoint before it
         _truncate_metrics(run, _checkpoint_step(checkpoint))
     return run, str(checkpoint)
 
@@ -65,14 +68,24 @@ def _checkpoint_step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[-1])
 
 
+def checkpoint_complete(path: Path) -> bool:
+    """Whether a checkpoint folder was saved to the end: the Trainer writes trainer_state.json last, so a save
+    killed at any moment leaves it missing or unparsable (a partial write)."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
 def latest_checkpoint(run: RunDir) -> Path | None:
-    """The newest checkpoint whose trainer_state.json was written (the Trainer writes it last)."""
+    """The newest complete checkpoint (see :func:`checkpoint_complete`); incomplete ones are ignored."""
     if not run.checkpoints.is_dir():
         return None
     done = [
         p
         for p in run.checkpoints.glob("checkpoint-*")
-        if re.fullmatch(r"checkpoint-\d+", p.name) and (p / "trainer_state.json").is_file()
+        if re.fullmatch(r"checkpoint-\d+", p.name) and checkpoint_complete(p)
     ]
     return max(done, key=_checkpoint_step) if done else None
 
