@@ -43,6 +43,10 @@ class ModelConfig:
     tokenizer: str | None = _f(None, "Load the tokenizer from here instead of `name_or_path` (id or folder).")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) to load.")
     trust_remote_code: bool = _f(False, "Run code shipped with the model repo. Off unless you trust it.")
+    allow_pickle: bool = _f(
+        False,
+        "Load weights from pickle files (.bin/.pt) when there are no safetensors; pickles can run code.",
+    )
     chat_template: str | None = _f(
         None, "Override the tokenizer's chat template: a Jinja string or a path to a .jinja file."
     )

@@ -31,7 +31,7 @@ from thinktune.generate import adapter_enabled
 from thinktune.health import generation_record, health_metrics
 from thinktune.inference import Session
 from thinktune.tasks.mcq import MCQSet, extract_choice, grade, load_mcq, question_text
-from thinktune.utils import write_json, write_jsonl
+from thinktune.utils import check_file_name, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ def load_heldout(source: str, d: DataConfig) -> list[Example]:
 
 
 def output_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    check_file_name(name, "--name")
     return out_dir / f"eval_{name}.json", out_dir / f"eval_{name}.jsonl"
 
 

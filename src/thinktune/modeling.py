@@ -5,6 +5,7 @@ Heavy libraries (transformers, torch) are imported inside functions so the CLI s
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,41 @@ def resolve_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str
     return (str(path) if path.exists() else source), None
 
 
+def check_remote_code(source: str, trust_remote_code: bool) -> None:
+    """Refuse, by name, a local model or tokenizer folder that ships Python code (``auto_map``) unless
+    model.trust_remote_code is set. transformers refuses too, but without naming the setting or the files."""
+    if trust_remote_code:
+        return
+    folder = Path(source)
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            code = sorted(p.name for p in folder.glob("*.py"))
+            raise ModelLoadError(
+                f"{folder} ships its own Python code ({name} auto_map: {auto_map}; files: {', '.join(code) or 'none'}"
+                "), which thinktune does not run by default. Read that code; if you trust it, set "
+                "model.trust_remote_code=true."
+            )
+
+
+def check_weights_format(source: str, allow_pickle: bool) -> None:
+    """Refuse a local model folder whose weights are only pickles (.bin/.pt), unless model.allow_pickle."""
+    folder = Path(source)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise ModelLoadError(
+            f"{folder} holds its weights only as pickle files ({', '.join(pickles[:3])}); loading a pickle can run "
+            "arbitrary code, so thinktune loads safetensors only. Convert the weights to safetensors, or set "
+            "model.allow_pickle=true if you trust where they came from."
+        )
+
+
 def _read_template_override(chat_template: str) -> str:
     path = Path(chat_template).expanduser()
     if "{%" not in chat_template and "{{" not in chat_template:
@@ -56,6 +92,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
     source, gguf = resolve_source(cfg.tokenizer or cfg.name_or_path, None if cfg.tokenizer else cfg.gguf_file)
+    check_remote_code(source, cfg.trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.revision:
         kwargs["revision"] = cfg.revision
@@ -81,6 +118,10 @@ def _load_hint(source: str, error: Exception, trust_remote_code: bool) -> str:
     if "trust_remote_code" in text and not trust_remote_code:
         return (
             "\nThis model ships its own code. Read it, then set model.trust_remote_code=true if you trust it."
+        )
+    if "safetensors" in text:
+        return (
+            "\nthinktune loads safetensors weights only; set model.allow_pickle=true to allow .bin pickles."
         )
     if not Path(source).exists():
         return (
@@ -128,6 +169,9 @@ def load_model(cfg: ModelConfig, *, device: str | None = None, dtype: str | None
 
     device = device or default_device()
     source, gguf = resolve_source(cfg.name_or_path, cfg.gguf_file)
+    check_remote_code(source, cfg.trust_remote_code)
+    if not gguf:
+        check_weights_format(source, cfg.allow_pickle)
     dtype_name, _ = pick_dtype(dtype or cfg.dtype, device)
     kwargs: dict[str, Any] = {
         "dtype": getattr(torch, dtype_name),
@@ -139,6 +183,8 @@ def load_model(cfg: ModelConfig, *, device: str | None = None, dtype: str | None
         kwargs["revision"] = cfg.revision
     if gguf:
         kwargs["gguf_file"] = gguf
+    elif not cfg.allow_pickle:
+        kwargs["use_safetensors"] = True  # never unpickle weights unless the config says so
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as e:
@@ -151,13 +197,16 @@ def load_model(cfg: ModelConfig, *, device: str | None = None, dtype: str | None
     return model
 
 
-def load_adapter(model: Any, adapter_dir: str | Path, *, trainable: bool = False) -> Any:
-    """Wrap `model` with a saved PEFT adapter."""
+def load_adapter(
+    model: Any, adapter_dir: str | Path, *, trainable: bool = False, allow_pickle: bool = False
+) -> Any:
+    """Wrap `model` with a saved PEFT adapter (safetensors only unless `allow_pickle`)."""
     from peft import PeftModel
 
     path = Path(adapter_dir)
     if not (path / "adapter_config.json").is_file():
         raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json).")
+    check_weights_format(str(path), allow_pickle)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from thinktune.config import Config
 from thinktune.errors import ThinktuneError
-from thinktune.modeling import ModelLoadError, resolve_source
+from thinktune.modeling import ModelLoadError, check_remote_code, resolve_source
 
 TRACKERS = {
     "tensorboard": ("tensorboard", "tensorboardX"),
@@ -88,6 +88,7 @@ def _model_config(cfg: Config) -> Any:
 
     m = cfg.model
     source, gguf = resolve_source(m.name_or_path, m.gguf_file)
+    check_remote_code(source, m.trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": m.trust_remote_code}
     if m.revision:
         kwargs["revision"] = m.revision

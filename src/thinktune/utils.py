@@ -138,11 +138,33 @@ def slug(text: str, max_len: int = 48) -> str:
     return text[-max_len:] or "run"
 
 
+def check_file_name(name: str, setting: str) -> str:
+    """Refuse a name used as one file or folder name inside a run's output folder if it could write elsewhere
+    (a path separator, '..', an absolute path) or hide the result (a leading dot)."""
+    from thinktune.errors import ThinktuneError
+
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith(".")
+        or Path(name).is_absolute()
+    ):
+        raise ThinktuneError(
+            f"{setting}={name!r} must be a plain name (no '/', '\\', '..' or leading '.'): it names a folder or "
+            "file inside the output folder and must not point anywhere else. Use e.g. my-run-2."
+        )
+    return name
+
+
 def create_run_dir(output_dir: str | Path, name: str | None, default_stem: str) -> Path:
     """Create a fresh run folder; a name already in use gets a -2, -3... suffix, never reused.
 
     `mkdir` without exist_ok is atomic, so two processes started with the same name still get two folders.
     """
+    if name:
+        check_file_name(name, "train.run_name")
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     stem = slug(name) if name else f"{slug(default_stem)}-{datetime.now():%Y%m%d-%H%M%S}"
