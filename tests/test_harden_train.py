@@ -183,3 +183,21 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one_and_resumes(s
     assert summary["status"] == "completed" and summary["steps"] == 10
     assert (resumed.adapter / "adapter_model.safetensors").is_file()
     assert not list(resumed.path.glob(".adapter.partial*"))
+
+
+def test_oom_recommendation_for_a_known_model_on_a_small_card(monkeypatch):
+    """Qwen3-8B at 16k tokens on an 8 GB laptop GPU: the message carries plan's overrides that fit."""
+    from thinktune import plan
+    from thinktune.config import from_dict
+
+    cfg = from_dict(
+        {
+            "model": {"name_or_path": "Qwen/Qwen3-8B"},
+            "data": {"source": "sample", "max_length": 16384},
+            "train": {"per_device_train_batch_size": 8},
+        }
+    )
+    monkeypatch.setattr(plan, "detected_gpu", lambda: ("NVIDIA GeForce RTX 4060 Laptop GPU", 8 * 2**30, True))
+    msg = safety.oom_message(cfg, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.31 GiB"))
+    assert "RTX 4060 Laptop GPU (8.0 GB)" in msg and "try: model.load_in_4bit=true" in msg
+    assert "train.per_device_train_batch_size=1" in msg and "`thinktune plan`" in msg

@@ -137,11 +137,13 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     if signal_name is None:
         try:  # written beside adapter/ and renamed into place: never half an adapter
             safety.save_adapter(trainer, run, main=main)
-        except OSError as e:
+        except BaseException as e:  # a full disk (OSError, or safetensors' own error) or an interruption
             status, explained = safety.explain_failure(e, cfg, run)
             if main:
                 trainrun.write_summary(run, {"status": status, "error": str(explained or e)})
-            raise (explained or e) from None
+            if explained is not None:
+                raise explained from None
+            raise
     if main:
         facts = {"precision": precision, "device": device, "world_size": dist.num_processes}
         facts |= {"train_examples": len(train_enc), "validation_examples": len(val_enc)}
