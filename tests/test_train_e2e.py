@@ -135,7 +135,7 @@ def test_smollm2_demo_in_a_few_steps(tmp_path, smollm2_dir, monkeypatch, capsys)
         ]
     )
     out = capsys.readouterr().out
-    assert run.path.parent == tmp_path / "runs"
+    assert run.path.resolve() == (tmp_path / "runs" / "demo").resolve()
     summary = json.loads(run.summary.read_text())
     assert summary["final_eval_loss"] < summary["initial_eval_loss"]
     train_log, _ = read_metrics(run.path)

@@ -78,7 +78,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, start):
     root, model, data = setup
-    train_settings = dict(max_steps=60, save_steps=5, eval_steps=20, save_total_limit=2)
+    train_settings = dict(max_steps=30, save_steps=5, eval_steps=10, save_total_limit=2)
     sections = tiny_sections(model, data, root / "runs", run_name="killed", **train_settings)
     config = write_config(root / "killed.yaml", sections)
     proc = start(config, root)
@@ -92,11 +92,11 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, start):
 
     resumed = train(RunDir.open(run).config(), resume=run)
     summary = json.loads(resumed.summary.read_text())
-    assert summary["status"] == "completed" and summary["steps"] == 60
+    assert summary["status"] == "completed" and summary["steps"] == 30
     assert summary["resumed_from"].startswith(str(run / "checkpoints" / "checkpoint-"))
     train_log, eval_log = read_metrics(run)
-    assert [r["step"] for r in train_log] == list(range(1, 61))  # continues, no repeated or missing steps
-    assert [r["step"] for r in eval_log] == [0, 20, 40, 60]
+    assert [r["step"] for r in train_log] == list(range(1, 31))  # continues, no repeated or missing steps
+    assert [r["step"] for r in eval_log] == [0, 10, 20, 30]
 
     sections["train"]["run_name"] = "reference"
     reference = train(load_config(write_config(root / "reference.yaml", sections)))
@@ -132,3 +132,41 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(setup, start):
     assert Path(summary["checkpoint"]) == run / "checkpoints" / f"checkpoint-{step}"
     assert (run / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
     assert not (run / "adapter").exists()
+
+
+def test_early_stopping_stops_and_keeps_the_best_adapter(setup):
+    root, model, data = setup
+    # A learning rate too small to change the held-out loss: no evaluation improves on the first one.
+    sections = tiny_sections(
+        model, data, root / "runs", run_name="early", max_steps=40, eval_steps=2, save_steps=2,
+        learning_rate=1e-12, early_stopping_patience=2,
+    )  # fmt: skip
+    run = train(load_config(write_config(root / "early.yaml", sections)))
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "completed" and summary["steps"] < 40
+    _, eval_log = read_metrics(run.path)
+    assert len(eval_log) <= 5 and (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_run_without_validation_split(setup):
+    root, model, data = setup
+    sections = tiny_sections(model, data, root / "runs", run_name="no-val", max_steps=3)
+    sections["data"]["val_size"] = 0
+    run = train(load_config(write_config(root / "no-val.yaml", sections)))
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "completed" and summary["initial_eval_loss"] is None
+    assert not run.validation_data.exists() and run.loss_curve.is_file()
+    train_log, eval_log = read_metrics(run.path)
+    assert len(train_log) == 3 and eval_log == []
+
+
+def test_early_stopping_needs_checkpoints_at_evaluations(setup):
+    from thinktune.preflight import TrainError
+
+    root, model, data = setup
+    sections = tiny_sections(model, data, root / "runs", run_name="bad", eval_steps=3, save_steps=4)
+    sections["train"]["early_stopping_patience"] = 2
+    with pytest.raises(
+        TrainError, match="train.save_steps \\(4\\) to be a multiple of train.eval_steps \\(3\\)"
+    ):
+        train(load_config(write_config(root / "bad.yaml", sections)))

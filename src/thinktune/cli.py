@@ -645,6 +645,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         print_plan(plan)
     return 0 if plan["recommendation"].fits else 1
 
+
 # ------------------------------------------------------------------------------------------ train
 
 

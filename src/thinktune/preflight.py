@@ -58,6 +58,12 @@ def preflight(cfg: Config) -> ModelFacts:
             problems.append(f"train.report_to: unknown tracker {name!r}; use none, {', '.join(TRACKERS)}.")
         elif not any(importlib.util.find_spec(mod) for mod in TRACKERS[name]):
             problems.append(f"train.report_to includes {name!r} but it is not installed: pip install {name}.")
+    if t.early_stopping_patience is not None and t.save_steps % t.eval_steps:
+        # Early stopping keeps the best adapter, so a checkpoint must exist at every evaluation.
+        problems.append(
+            f"train.early_stopping_patience needs train.save_steps ({t.save_steps}) to be a multiple of "
+            f"train.eval_steps ({t.eval_steps}); e.g. set train.save_steps={t.eval_steps}."
+        )
     if problems:
         raise TrainError("cannot train with this configuration:\n  - " + "\n  - ".join(problems))
 
