@@ -55,13 +55,12 @@ def _bounds(cu_seq_lens: Any) -> list[int]:
 
 def _bounds_from_positions(position_ids: Any) -> list[int] | None:
     """Segment starts of a packed row (positions restart at 0), or None when the row is one sequence."""
-    import torch
-
     row = position_ids[0]
+    # A host sync (and a graph break under torch.compile), but never a silent fall-back to one causal row.
     starts = (row == 0).nonzero().flatten().tolist()
     if len(starts) <= 1 or starts[0] != 0:
         return None
-    return [*starts, int(row.numel())] if not torch.compiler.is_compiling() else None
+    return [*starts, int(row.numel())]
 
 
 def _segmented_sdpa(
