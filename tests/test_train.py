@@ -88,7 +88,7 @@ def test_refuses_max_length_beyond_model_positions(tmp_path, tiny_qwen2_dir, no_
 def test_refuses_4bit_without_cuda(tmp_path, no_weights):
     # Refused before even reading the model: the path does not need to exist.
     msg = _refused(
-        _cfg(tmp_path, "some-org/some-7b", "model.load_in_4bit=true"), "needs a CUDA GPU", tmp_path
+        _cfg(tmp_path, "some-org/some-7b", "model.load_in_4bit=true"), "no CUDA GPU is available", tmp_path
     )
     assert "model.load_in_4bit=false" in msg
 

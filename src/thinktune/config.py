@@ -54,8 +54,10 @@ class ModelConfig:
         "auto",
         "Weight/compute precision. auto: bf16 on GPUs that support it, fp16 mixed otherwise, fp32 on CPU.",
     )
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _f(
-        "auto", "Attention kernel. auto: flash-attention when installed on a GPU, else SDPA."
+    attn_implementation: Literal["auto", "sdpa", "packed_sdpa", "eager", "flash_attention_2"] = _f(
+        "auto",
+        "Attention kernel. auto: flash-attention when installed on a GPU, else SDPA (packed_sdpa when training "
+        "padding-free).",
     )
     load_in_4bit: bool = _f(False, "QLoRA: load the base in 4-bit NF4 (bitsandbytes, CUDA only).")
 
@@ -140,9 +142,16 @@ class TrainConfig:
     save_steps: int = _f(50, "Write a resumable checkpoint every N steps.")
     save_total_limit: int = _f(2, "Checkpoints kept (oldest removed first).")
     gradient_checkpointing: Literal["auto", "on", "off"] = _f(
-        "auto", "Recompute activations to save memory. auto: on for GPU, off for CPU."
+        "auto", "Recompute activations to save memory. auto: on a GPU only when the memory plan needs it."
     )
     padding_free: bool = _f(True, "Concatenate examples without padding (position ids keep them apart).")
+    group_by_length: bool = _f(
+        False, "Batch examples of similar length together (less padding when padding_free=false)."
+    )
+    use_liger_kernel: bool = _f(
+        False, "Liger's Triton kernels for RMSNorm/RoPE/SwiGLU (CUDA; pip install liger-kernel)."
+    )
+    torch_compile: bool = _f(False, "Compile the model with torch.compile (slow first steps, faster after).")
     early_stopping_patience: int | None = _f(
         None, "Stop after this many evaluations without eval-loss improvement."
     )

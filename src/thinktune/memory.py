@@ -67,7 +67,7 @@ class Setup:
     gradient_checkpointing: bool
     optim: str
     padding_free: bool
-    attention: str  # sdpa | flash_attention_2 | eager
+    attention: str  # sdpa | packed_sdpa (per-example, no mask) | flash_attention_2 | eager
     loss: str = "chunked"  # chunked (TRL's fused LM head) | full (HF loss over materialised logits)
     device: str = "cuda"
 
@@ -135,7 +135,7 @@ def _dtypes(s: Setup) -> tuple[int, int, int, bool, int]:
 def _attention_layout(s: Setup) -> tuple[bool, int]:
     """(key/value saved at full head count, attention-mask bytes). Flash-attention (and SDPA without a mask)
     keep grouped K/V; a packed or padded micro-batch under SDPA/eager gets a dense mask and repeated K/V."""
-    if s.attention == "flash_attention_2" or s.micro_batch == 1:
+    if s.attention in ("flash_attention_2", "packed_sdpa") or s.micro_batch == 1:
         return False, 0
     rows, length = (1, s.tokens) if s.padding_free else (s.micro_batch, s.max_length)
     mask_elem = 1 if s.attention == "sdpa" else (4 if s.precision == "fp32" else 2)

@@ -146,6 +146,10 @@ def pick_dtype(requested: str, device: str) -> tuple[str, str]:
 
 
 def pick_attention(requested: str, device: str) -> str:
+    if requested == "packed_sdpa":  # thinktune's padding-free SDPA; transformers' SDPA for anything else
+        from thinktune.speed import register_packed_sdpa
+
+        return register_packed_sdpa()
     if requested != "auto":
         return requested
     if device.startswith("cuda"):

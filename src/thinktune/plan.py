@@ -99,7 +99,7 @@ def setup_from_config(cfg: Any, *, device: str = "cuda", bf16_supported: bool = 
     attention = m.attn_implementation
     if attention == "auto":
         fa = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
-        attention = "flash_attention_2" if fa else "sdpa"
+        attention = "flash_attention_2" if fa else ("packed_sdpa" if t.padding_free else "sdpa")
     gc = {"on": True, "off": False, "auto": device == "cuda"}[t.gradient_checkpointing]
     return Setup(
         max_length=cfg.data.max_length,

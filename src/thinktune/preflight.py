@@ -15,7 +15,14 @@ from typing import Any
 
 from thinktune.config import Config
 from thinktune.errors import ThinktuneError
-from thinktune.modeling import ModelLoadError, check_remote_code, resolve_source
+from thinktune.modeling import (
+    ModelLoadError,
+    check_remote_code,
+    require_optimizer_support,
+    require_qlora_support,
+    resolve_source,
+)
+from thinktune.speed import speed_problems
 
 TRACKERS = {
     "tensorboard": ("tensorboard", "tensorboardX"),
@@ -36,20 +43,19 @@ class ModelFacts:
 
 
 def preflight(cfg: Config) -> ModelFacts:
-    """Refuse a request that cannot work, reading only the model's config (no weights): 4-bit without CUDA,
-    missing trackers, a max_length beyond the model's positions, target modules the model does not have."""
+    """Refuse a request that cannot work, reading only the model's config (no weights): 4-bit or a bitsandbytes
+    optimizer without CUDA/bitsandbytes, a speed option that is not installed, missing trackers, a max_length beyond the model's positions,
+    target modules the model does not have."""
     problems: list[str] = []
     m, t = cfg.model, cfg.train
-    if m.load_in_4bit:
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append(
-                "model.load_in_4bit=true (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit kernels do not run on this "
-                "machine's CPU. Set model.load_in_4bit=false to train in full precision, or run on a GPU."
-            )
-        elif importlib.util.find_spec("bitsandbytes") is None:
-            problems.append("model.load_in_4bit=true needs bitsandbytes: pip install 'thinktune[qlora]'.")
+    # QLoRA and bitsandbytes optimizers: no CUDA or no bitsandbytes is refused here, before any weights load.
+    try:
+        if m.load_in_4bit:
+            require_qlora_support()
+        require_optimizer_support(t.optim)
+    except ThinktuneError as e:
+        problems.append(str(e))
+    problems += speed_problems(cfg)
     trackers = [t.report_to] if isinstance(t.report_to, str) else list(t.report_to)
     for name in trackers:
         if name in ("none", "all"):

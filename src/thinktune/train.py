@@ -10,8 +10,11 @@ model + LoRA -> TRL SFTTrainer -> train -> save. What it does differently from t
 - SFTTrainer gets the Formatter's token ids and completion mask, so TRL neither re-templates nor re-tokenizes;
   only the completion (reasoning, answer, end-of-turn token) is trained, padding never is (labels come from the
   completion mask, not from the pad id, which may equal the end-of-turn token).
-- Padding-free batches: examples are concatenated with position ids restarting at 0, which transformers turns
-  into a block-diagonal mask, so no example attends to another and no compute is spent on padding.
+- Padding-free batches: examples are concatenated with position ids restarting at 0; each example attends only
+  to itself (flash-attention's varlen kernel, or thinktune's packed SDPA, :mod:`thinktune.speed`), so no compute
+  is spent on padding or on attention across examples.
+- The memory plan runs against the detected GPU before any weights load; gradient checkpointing ``auto`` is on
+  only when the plan needs it; QLoRA loads a 4-bit NF4 base (:mod:`thinktune.modeling`).
 - Every example fits ``max_length`` before training (the data doctor's policy); nothing is truncated later.
 - bf16 where the GPU supports it, fp16 autocast with fp32 adapter weights where it does not, fp32 on CPU.
 
@@ -33,9 +36,11 @@ from thinktune import doctor, safety, trainrun
 from thinktune.config import Config, dump_yaml
 from thinktune.data import load_examples, split_examples
 from thinktune.formatting import Encoded, Formatter
-from thinktune.modeling import load_model, load_tokenizer, pick_attention, pick_dtype
+from thinktune.modeling import load_model, load_tokenizer, pick_dtype, prepare_kbit_model, quantization_config
+from thinktune.plan import ensure_fits
 from thinktune.preflight import TrainError, preflight
 from thinktune.rundir import RunDir, save_examples
+from thinktune.speed import training_attention, use_gradient_checkpointing
 from thinktune.utils import environment_info, seed_everything, write_json
 
 log = logging.getLogger(__name__)
@@ -61,10 +66,14 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     if resume is not None:
         run, checkpoint = trainrun.reopen(cfg, resume, main=main)
     model_facts = preflight(cfg)
+    device = str(dist.device)
+    # The memory plan against the detected GPU (config.json only): stop with settings that fit. No-op on CPU.
+    ensure_fits(cfg)
+    checkpointing = use_gradient_checkpointing(cfg, device)
+    attention = training_attention(cfg.model.attn_implementation, device, cfg.train.padding_free)
     if resume is None:
         run = trainrun.new_run(cfg, dist)
     seed_everything(cfg.train.seed)
-    device = str(dist.device)
     dtype_name, precision = pick_dtype(cfg.model.dtype, device)
     if main:
         log.info("run folder: %s", run.path)
@@ -89,20 +98,35 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
                 "device": device,
                 "precision": precision,
                 "dtype": dtype_name,
-                "attn_implementation": pick_attention(cfg.model.attn_implementation, device),
+                "attn_implementation": attention,
+                "gradient_checkpointing": checkpointing,
                 "world_size": dist.num_processes,
                 "max_position_embeddings": model_facts.max_positions,
             }
             write_json(run.env_file, env)
         trainrun.write_summary(run, {"status": "running", "resumed_from": checkpoint})
 
-    # 3. Model and LoRA (PEFT's LoraConfig, field for field from cfg.lora).
-    load_kwargs = _qlora_kwargs(cfg, dtype_name, device) if cfg.model.load_in_4bit else {}
+    # 3. Model (a 4-bit NF4 base for QLoRA, frozen and prepared before LoRA) and LoRA (PEFT's LoraConfig,
+    # field for field from cfg.lora).
+    load_kwargs: dict[str, Any] = {"attn_implementation": attention}
+    if cfg.model.load_in_4bit:
+        load_kwargs |= {"quantization_config": quantization_config(cfg.model), "device_map": {"": device}}
     model = load_model(cfg.model, device=device, dtype=dtype_name, **load_kwargs)
+    if cfg.model.load_in_4bit:
+        model = prepare_kbit_model(model, gradient_checkpointing=checkpointing)
 
     # 4. The trainer, with thinktune's behaviour as callbacks.
     trainer, cbs = build_trainer(
-        cfg, model, tok, train_enc, val_enc, run, device=device, precision=precision, checkpoint=checkpoint
+        cfg,
+        model,
+        tok,
+        train_enc,
+        val_enc,
+        run,
+        device=device,
+        precision=precision,
+        checkpoint=checkpoint,
+        checkpointing=checkpointing,
     )
     if main:
         trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -231,13 +255,22 @@ def lora_config(cfg: Config) -> Any:
 
 
 def sft_config(
-    cfg: Config, run: RunDir, *, device: str, precision: str, has_eval: bool, resuming: bool
+    cfg: Config,
+    run: RunDir,
+    *,
+    device: str,
+    precision: str,
+    has_eval: bool,
+    resuming: bool,
+    checkpointing: bool | None = None,
 ) -> Any:
+    """TRL's SFTConfig for this run; `checkpointing=None` resolves train.gradient_checkpointing here."""
     from trl import SFTConfig
 
     t = cfg.train
     on_gpu = device.startswith("cuda")
-    checkpointing = t.gradient_checkpointing == "on" or (t.gradient_checkpointing == "auto" and on_gpu)
+    if checkpointing is None:
+        checkpointing = use_gradient_checkpointing(cfg, device)
     early = t.early_stopping_patience is not None and has_eval
     return SFTConfig(
         output_dir=str(run.checkpoints),
@@ -276,6 +309,9 @@ def sft_config(
         # The data is already rendered, tokenized and within max_length (the length policy ran first):
         completion_only_loss=True,
         padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_liger_kernel=t.use_liger_kernel,
+        torch_compile=t.torch_compile,
         max_length=None,
         dataset_num_proc=None,
         disable_tqdm=False,
@@ -297,6 +333,7 @@ def build_trainer(
     device: str,
     precision: str,
     checkpoint: str | None = None,
+    checkpointing: bool | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """SFTTrainer with PEFT LoRA, pre-tokenized data, and thinktune's callbacks (returned by name)."""
     from transformers import EarlyStoppingCallback
@@ -336,6 +373,7 @@ def build_trainer(
             precision=precision,
             has_eval=bool(val_enc),
             resuming=checkpoint is not None,
+            checkpointing=checkpointing,
         )
         trainer = SFTTrainer(
             model=model,
@@ -348,24 +386,6 @@ def build_trainer(
         )
     trainer.remove_callback(ProgressCallback)  # ProgressBar shows the same bar without printing raw log dicts
     return trainer, cbs
-
-
-def _qlora_kwargs(cfg: Config, dtype_name: str, device: str) -> dict[str, Any]:
-    """What load_model needs for a 4-bit NF4 base (QLoRA): the quantization config and one device per process."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if dtype_name == "bfloat16" else torch.float16
-    return {
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute,
-            bnb_4bit_quant_storage=compute,
-        ),
-        "device_map": {"": device},
-    }
 
 
 @contextlib.contextmanager
