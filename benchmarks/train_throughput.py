@@ -195,12 +195,13 @@ def arm_trl(model: Any, tok: Any, encoded: list[Any], max_length: int, steps: in
     return trainer, stats
 
 
-def thinktune_config(model_dir: str, steps: int, batch: int, out: str) -> Any:
+def thinktune_config(model_dir: str, steps: int, batch: int, out: str, *extra: str) -> Any:
     from thinktune.config import load_config
 
     return load_config(
         None,
         [
+            *extra,
             f"model.name_or_path={model_dir}",
             f"train.output_dir={out}",
             f"train.max_steps={steps + 1}",
@@ -327,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch", type=int, default=2, help="examples per micro-batch (all arms)")
     p.add_argument(
-        "--arms", default="tutorial,trl-default,thinktune", help="comma-separated subset, in order"
+        "--arms",
+        default="tutorial,trl-default,thinktune",
+        help="comma-separated subset, in order (also: thinktune-no-dropout, the default path with lora_dropout=0)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="also write the table (markdown) and rows (JSON) here")
@@ -381,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     tcfg = thinktune_config(model_dir, args.steps, args.batch, str(work / "thinktune"))
+    # The same path without LoRA dropout: each of the 210 adapted modules otherwise makes its own dropout copy
+    # of its input, which is a large share of a CPU step (an ablation, not the default).
+    tcfg0 = thinktune_config(
+        model_dir, args.steps, args.batch, str(work / "thinktune0"), "lora.lora_dropout=0"
+    )
     builders = {
         "tutorial": lambda: arm_tutorial(
             fresh(), tok, encoded, max_length, args.steps, args.batch, str(work / "tutorial")
@@ -394,6 +402,14 @@ def main(argv: list[str] | None = None) -> int:
             tok,
             encoded,
             str(work / "thinktune"),
+            precision,
+        ),
+        "thinktune-no-dropout": lambda: arm_thinktune(
+            tcfg0,
+            fresh(training_attention(tcfg0.model.attn_implementation, device, tcfg0.train.padding_free)),
+            tok,
+            encoded,
+            str(work / "thinktune0"),
             precision,
         ),
     }

@@ -133,3 +133,42 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def quick_config(tmp_path: Path, model: str | Path, *overrides: str) -> Any:
+    """A config on the bundled sample data whose runs go under tmp_path/runs."""
+    from thinktune.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={model}",
+            "data.source=sample",
+            f"train.output_dir={tmp_path / 'runs'}",
+            *overrides,
+        ],
+    )
+
+
+def refused(cfg: Any, match: str, tmp_path: Path) -> str:
+    """Training must refuse cfg with a ThinktuneError matching `match`, before creating a run folder."""
+    import pytest
+
+    from thinktune import train as T
+    from thinktune.errors import ThinktuneError
+
+    with pytest.raises(ThinktuneError, match=match) as info:
+        T.train(cfg)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "a run folder was created"
+    return str(info.value)
+
+
+def refuse_weight_loading(monkeypatch: Any) -> None:
+    """Fail the test if anything tries to load model weights (refusals must come first)."""
+    from thinktune import train as T
+
+    def refuse(*a: Any, **k: Any) -> None:
+        raise AssertionError("model weights were loaded before the configuration was refused")
+
+    monkeypatch.setattr(T, "load_model", refuse)

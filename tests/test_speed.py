@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from _train_helpers import arithmetic_rows, single_thread
+from _train_helpers import arithmetic_rows, quick_config, refuse_weight_loading, refused, single_thread
 from thinktune import plan, speed
 from thinktune import train as T
 from thinktune.config import load_config
 from thinktune.data import Example
-from thinktune.errors import ThinktuneError
 from thinktune.formatting import Formatter
 from thinktune.model_specs import KNOWN_CONFIGS
 from thinktune.modeling import load_model, load_tokenizer
@@ -32,31 +31,7 @@ def _one_thread():
 
 @pytest.fixture
 def no_weights(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("model weights were loaded before the configuration was refused")
-
-    monkeypatch.setattr(T, "load_model", refuse)
-
-
-def _cfg(tmp_path: Path, model: str | Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model}",
-            "data.source=sample",
-            f"train.output_dir={tmp_path / 'runs'}",
-            *overrides,
-        ],
-    )
-
-
-def _refused(cfg, match: str, tmp_path: Path) -> str:
-    with pytest.raises(ThinktuneError, match=match) as info:
-        T.train(cfg)
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), (
-        "a run folder was created"
-    )
-    return str(info.value)
+    refuse_weight_loading(monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -64,13 +39,15 @@ def _refused(cfg, match: str, tmp_path: Path) -> str:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_paged_8bit_adamw_refused_without_cuda(tmp_path, tiny_qwen2_dir, no_weights):
-    msg = _refused(_cfg(tmp_path, tiny_qwen2_dir, "train.optim=paged_adamw_8bit"), "no CUDA GPU", tmp_path)
+    msg = refused(
+        quick_config(tmp_path, tiny_qwen2_dir, "train.optim=paged_adamw_8bit"), "no CUDA GPU", tmp_path
+    )
     assert "train.optim=paged_adamw_8bit" in msg and "adamw_torch" in msg
 
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="liger-kernel is installed")
 def test_liger_refused_when_not_installed(tmp_path, tiny_qwen2_dir, no_weights):
-    msg = _refused(_cfg(tmp_path, tiny_qwen2_dir, "train.use_liger_kernel=true"), "liger", tmp_path)
+    msg = refused(quick_config(tmp_path, tiny_qwen2_dir, "train.use_liger_kernel=true"), "liger", tmp_path)
     assert "pip install liger-kernel" in msg and "train.use_liger_kernel=false" in msg
 
 
@@ -87,15 +64,15 @@ def _flagship_folder(tmp_path: Path, name: str) -> Path:
 def test_unfit_config_stops_with_the_plans_recommendation_before_loading(tmp_path, monkeypatch, no_weights):
     model = _flagship_folder(tmp_path, "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
     monkeypatch.setattr(plan, "detected_gpu", lambda: ("NVIDIA GeForce RTX 4060 Laptop GPU", 8 * GiB, True))
-    cfg = _cfg(tmp_path, model, "data.max_length=4096", "train.gradient_checkpointing=off")
-    msg = _refused(cfg, "cannot fit on NVIDIA GeForce RTX 4060", tmp_path)
+    cfg = quick_config(tmp_path, model, "data.max_length=4096", "train.gradient_checkpointing=off")
+    msg = refused(cfg, "cannot fit on NVIDIA GeForce RTX 4060", tmp_path)
     assert "try:" in msg or "smaller model" in msg
     assert "thinktune plan" in msg or "smaller model" in msg
 
 
 def test_checkpointing_auto_follows_the_plan(tmp_path, monkeypatch, tiny_qwen2_dir):
     model = _flagship_folder(tmp_path, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
-    cfg = _cfg(tmp_path, model, "data.max_length=4096", "train.per_device_train_batch_size=2")
+    cfg = quick_config(tmp_path, model, "data.max_length=4096", "train.per_device_train_batch_size=2")
     assert speed.use_gradient_checkpointing(cfg, "cpu") is False  # CPU: never by default
     monkeypatch.setattr(plan, "detected_gpu", lambda: ("big GPU", 80 * GiB, True))
     assert speed.use_gradient_checkpointing(cfg, "cuda:0") is False  # fits without: no recomputation
@@ -106,7 +83,7 @@ def test_checkpointing_auto_follows_the_plan(tmp_path, monkeypatch, tiny_qwen2_d
 
 
 def test_speed_options_reach_the_trainer_config(tmp_path, tiny_qwen2_dir):
-    cfg = _cfg(
+    cfg = quick_config(
         tmp_path,
         tiny_qwen2_dir,
         "train.group_by_length=true",
@@ -118,7 +95,7 @@ def test_speed_options_reach_the_trainer_config(tmp_path, tiny_qwen2_dir):
     assert args.torch_compile is True and args.padding_free is False
     assert args.gradient_checkpointing is False and args.use_liger_kernel is False
     default = T.sft_config(
-        _cfg(tmp_path, tiny_qwen2_dir),
+        quick_config(tmp_path, tiny_qwen2_dir),
         RunDir(tmp_path),
         device="cpu",
         precision="fp32",
@@ -229,7 +206,7 @@ STEPS = 10
 
 def _losses(tiny_qwen2_dir, tmp_path, *overrides: str) -> list[float]:
     """Per-step training losses of the recipe's own trainer (build_trainer) on a tiny fp32 Qwen2."""
-    cfg = _cfg(
+    cfg = quick_config(
         tmp_path,
         tiny_qwen2_dir,
         "lora.lora_dropout=0.0",  # dropout masks depend on tensor shapes, which some options change

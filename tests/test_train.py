@@ -4,12 +4,11 @@ when pad == eot, resume refusals, the packaged demo config."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from _train_helpers import single_thread
+from _train_helpers import quick_config, refuse_weight_loading, refused, single_thread
 from conftest import ROOT
 from thinktune import train as T
 from thinktune.config import dump_yaml, load_config
@@ -28,58 +27,34 @@ def _one_thread():
 
 @pytest.fixture
 def no_weights(monkeypatch):
-    """Fail the test if anything tries to load model weights (refusals must come first)."""
-
-    def refuse(*a, **k):
-        raise AssertionError("model weights were loaded before the configuration was refused")
-
-    monkeypatch.setattr(T, "load_model", refuse)
-
-
-def _cfg(tmp_path: Path, model: str | Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={model}",
-            "data.source=sample",
-            f"train.output_dir={tmp_path / 'runs'}",
-            *overrides,
-        ],
-    )
-
-
-def _refused(cfg, match: str, tmp_path: Path) -> str:
-    with pytest.raises(ThinktuneError, match=match) as info:
-        T.train(cfg)
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), (
-        "a run folder was created"
-    )
-    return str(info.value)
+    refuse_weight_loading(monkeypatch)
 
 
 def test_refuses_missing_model_path(tmp_path, no_weights):
-    msg = _refused(_cfg(tmp_path, tmp_path / "no-such-model"), "does not exist", tmp_path)
+    msg = refused(quick_config(tmp_path, tmp_path / "no-such-model"), "does not exist", tmp_path)
     assert str(tmp_path / "no-such-model") in msg
 
 
 def test_refuses_unknown_target_module_and_suggests(tmp_path, tiny_qwen2_dir, no_weights):
-    cfg = _cfg(tmp_path, tiny_qwen2_dir, "lora.target_modules=[q_proj,qproj]")
-    msg = _refused(cfg, "no linear layer named 'qproj'", tmp_path)
+    cfg = quick_config(tmp_path, tiny_qwen2_dir, "lora.target_modules=[q_proj,qproj]")
+    msg = refused(cfg, "no linear layer named 'qproj'", tmp_path)
     assert "Did you mean 'q_proj'?" in msg and "down_proj" in msg
     assert "named 'q_proj'" not in msg  # the valid name is not reported
 
 
 def test_refuses_lm_head_target(tmp_path, tiny_qwen2_dir, no_weights):
-    _refused(
-        _cfg(tmp_path, tiny_qwen2_dir, "lora.target_modules=[lm_head]"),
+    refused(
+        quick_config(tmp_path, tiny_qwen2_dir, "lora.target_modules=[lm_head]"),
         "'lm_head' cannot be adapted",
         tmp_path,
     )
 
 
 def test_refuses_max_length_beyond_model_positions(tmp_path, tiny_qwen2_dir, no_weights):
-    msg = _refused(
-        _cfg(tmp_path, tiny_qwen2_dir, "data.max_length=8192"), "larger than the 4096 positions", tmp_path
+    msg = refused(
+        quick_config(tmp_path, tiny_qwen2_dir, "data.max_length=8192"),
+        "larger than the 4096 positions",
+        tmp_path,
     )
     assert "data.max_length=4096" in msg
 
@@ -87,8 +62,10 @@ def test_refuses_max_length_beyond_model_positions(tmp_path, tiny_qwen2_dir, no_
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_refuses_4bit_without_cuda(tmp_path, no_weights):
     # Refused before even reading the model: the path does not need to exist.
-    msg = _refused(
-        _cfg(tmp_path, "some-org/some-7b", "model.load_in_4bit=true"), "no CUDA GPU is available", tmp_path
+    msg = refused(
+        quick_config(tmp_path, "some-org/some-7b", "model.load_in_4bit=true"),
+        "no CUDA GPU is available",
+        tmp_path,
     )
     assert "model.load_in_4bit=false" in msg
 
@@ -109,11 +86,11 @@ def test_refusal_through_the_cli_is_one_clear_message(tmp_path, tiny_qwen2_dir, 
 def test_resume_refuses_a_different_config_and_a_run_without_checkpoints(
     tmp_path, tiny_qwen2_dir, no_weights
 ):
-    cfg = _cfg(tmp_path, tiny_qwen2_dir)
+    cfg = quick_config(tmp_path, tiny_qwen2_dir)
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_yaml(cfg))
-    other = _cfg(tmp_path, tiny_qwen2_dir, "train.learning_rate=1e-5")
+    other = quick_config(tmp_path, tiny_qwen2_dir, "train.learning_rate=1e-5")
     with pytest.raises(ThinktuneError, match="configuration differs") as info:
         T.train(other, resume=run)
     assert "train.learning_rate: run has 0.0002, given 1e-05" in str(info.value)
@@ -155,7 +132,7 @@ def qwen2_trainers(tiny_qwen2_dir, tmp_path_factory):
     out = {}
     for padding_free in (True, False):
         tmp = tmp_path_factory.mktemp("pf")
-        cfg = _cfg(tmp, tiny_qwen2_dir, f"train.padding_free={padding_free}")
+        cfg = quick_config(tmp, tiny_qwen2_dir, f"train.padding_free={padding_free}")
         tok = load_tokenizer(cfg.model)
         fmt = Formatter(tok)
         enc = [fmt.encode(e) for e in EXAMPLES]

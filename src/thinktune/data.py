@@ -532,6 +532,20 @@ def load_examples(
     return result
 
 
+def load_configured(d: Any, source: str | None = None, **overrides: Any) -> LoadResult:
+    """:func:`load_examples` with the settings of a config's data section (`thinktune.config.DataConfig`):
+    its source (or `source`), split, schema, columns, bad-row policy and system prompt; `overrides` win."""
+    options: dict[str, Any] = {
+        "config_name": d.config_name,
+        "split": d.split,
+        "schema": d.schema,
+        "columns": d.columns,
+        "on_bad_row": d.on_bad_row,
+        "system_prompt": d.system_prompt,
+    }
+    return load_examples(source or d.source, **{**options, **overrides})
+
+
 def split_examples(
     examples: Sequence[Example],
     *,

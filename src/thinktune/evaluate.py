@@ -191,7 +191,7 @@ def _tokenizer_fn(tokenizer: Any):
 
 def load_heldout(source: str, d: DataConfig) -> list[Example]:
     """Held-out examples from --data: a run's own data/*.jsonl, or any data source (MCQ fields kept in meta)."""
-    from thinktune.data import load_examples
+    from thinktune.data import load_configured
     from thinktune.rundir import example_from_dict
     from thinktune.utils import read_jsonl
 
@@ -200,16 +200,7 @@ def load_heldout(source: str, d: DataConfig) -> list[Example]:
         first = next(read_jsonl(path), {})
         if {"question", "reasoning", "answer", "meta"} <= set(first):  # written by rundir.save_examples
             return [example_from_dict(r) for r in read_jsonl(path)]
-    return load_examples(
-        source,
-        config_name=d.config_name,
-        split=d.split,
-        schema=d.schema,
-        columns=d.columns,
-        on_bad_row=d.on_bad_row,
-        system_prompt=d.system_prompt,
-        keep=("options", "answer_idx"),
-    ).examples
+    return load_configured(d, source, keep=("options", "answer_idx")).examples
 
 
 def output_paths(out_dir: Path, name: str) -> tuple[Path, Path]:

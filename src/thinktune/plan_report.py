@@ -79,19 +79,11 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str | None:
 def measure_lengths(cfg: Any) -> tuple[list[int], dict[str, Any]]:
     """Token lengths (prompt + completion, as training sees them) of the data, via the data doctor."""
     from thinktune import doctor
-    from thinktune.data import load_examples
+    from thinktune.data import load_configured
     from thinktune.formatting import Formatter
 
     d = cfg.data
-    loaded = load_examples(
-        d.source,
-        config_name=d.config_name,
-        split=d.split,
-        schema=d.schema,
-        columns=d.columns,
-        on_bad_row="skip",
-        system_prompt=d.system_prompt,
-    )
+    loaded = load_configured(d, on_bad_row="skip")
     examples = list(loaded.examples)
     sampled = len(examples) > LENGTH_SAMPLE
     if sampled:

@@ -34,7 +34,7 @@ from typing import Any
 
 from thinktune import doctor, safety, trainrun
 from thinktune.config import Config, dump_yaml
-from thinktune.data import load_examples, split_examples
+from thinktune.data import load_configured, split_examples
 from thinktune.formatting import Encoded, Formatter
 from thinktune.modeling import load_model, load_tokenizer, pick_dtype, prepare_kbit_model, quantization_config
 from thinktune.plan import ensure_fits
@@ -183,15 +183,7 @@ def _prepare_data(
     cfg: Config, fmt: Formatter, run: RunDir, *, write: bool
 ) -> tuple[list[Encoded], list[Encoded]]:
     d = cfg.data
-    loaded = load_examples(
-        d.source,
-        config_name=d.config_name,
-        split=d.split,
-        schema=d.schema,
-        columns=d.columns,
-        on_bad_row=d.on_bad_row,
-        system_prompt=d.system_prompt,
-    )
+    loaded = load_configured(d)
     notes = fmt.check(loaded.examples[:3])
     train_ex, val_ex = split_examples(
         loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples

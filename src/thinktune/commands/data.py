@@ -43,7 +43,7 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from thinktune import doctor
-    from thinktune.data import load_examples, split_examples
+    from thinktune.data import load_configured, split_examples
     from thinktune.formatting import Formatter
     from thinktune.modeling import load_tokenizer
     from thinktune.utils import create_run_dir, slug
@@ -68,15 +68,7 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
             )
     else:
         out = create_run_dir(cfg.train.output_dir, None, f"inspect-{slug(Path(d.source).stem)}")
-    loaded = load_examples(
-        d.source,
-        config_name=d.config_name,
-        split=d.split,
-        schema=d.schema,
-        columns=d.columns,
-        on_bad_row=d.on_bad_row,
-        system_prompt=d.system_prompt,
-    )
+    loaded = load_configured(d)
     train, val = split_examples(
         loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
     )
