@@ -172,3 +172,9 @@ def refuse_weight_loading(monkeypatch: Any) -> None:
         raise AssertionError("model weights were loaded before the configuration was refused")
 
     monkeypatch.setattr(T, "load_model", refuse)
+
+
+def tiny_training_setup(tmp_path_factory: Any, name: str, rows: int) -> tuple[Path, Path, Path]:
+    """(folder, tiny ChatML model, arithmetic data with `rows` rows) for a module's training tests."""
+    root = tmp_path_factory.mktemp(name)
+    return root, build_tiny_chatml(root / "tiny"), write_rows(root / "arith.jsonl", arithmetic_rows(rows))

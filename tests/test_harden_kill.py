@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 
 from _train_helpers import (
-    arithmetic_rows,
-    build_tiny_chatml,
     read_metrics,
     single_thread,
     tiny_sections,
+    tiny_training_setup,
     write_config,
-    write_rows,
 )
 from thinktune.rundir import RunDir
 from thinktune.train import train
@@ -33,10 +31,7 @@ MAX_STEPS = 30
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kill")
-    model = build_tiny_chatml(root / "tiny")
-    data = write_rows(root / "arith.jsonl", arithmetic_rows(16))
-    return root, model, data
+    return tiny_training_setup(tmp_path_factory, "kill", 16)
 
 
 def _launch(args: list[str], cwd: Path) -> subprocess.Popen:

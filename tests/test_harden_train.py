@@ -14,12 +14,10 @@ import torch
 
 from _train_helpers import (
     adapter_tensors,
-    arithmetic_rows,
-    build_tiny_chatml,
     single_thread,
     tiny_sections,
+    tiny_training_setup,
     write_config,
-    write_rows,
 )
 from thinktune import cli, safety
 from thinktune import train as T
@@ -36,10 +34,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("harden-train")
-    model = build_tiny_chatml(root / "tiny")
-    data = write_rows(root / "arith.jsonl", arithmetic_rows(16))
-    return root, model, data
+    return tiny_training_setup(tmp_path_factory, "harden-train", 16)
 
 
 def _config(setup, tmp_path: Path, name: str, **train):

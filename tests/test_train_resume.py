@@ -16,13 +16,11 @@ import torch
 
 from _train_helpers import (
     adapter_tensors,
-    arithmetic_rows,
-    build_tiny_chatml,
     read_metrics,
     single_thread,
     tiny_sections,
+    tiny_training_setup,
     write_config,
-    write_rows,
 )
 from thinktune.config import load_config
 from thinktune.rundir import RunDir
@@ -39,10 +37,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    model = build_tiny_chatml(root / "tiny")
-    data = write_rows(root / "arith.jsonl", arithmetic_rows(40))
-    return root, model, data
+    return tiny_training_setup(tmp_path_factory, "resume", 40)
 
 
 @pytest.fixture
