@@ -113,14 +113,9 @@ def _summary_status(run: RunDir) -> str:
 def _base_config(model_cfg: Any) -> Any:
     from transformers import AutoConfig
 
-    from thinktune.modeling import resolve_source
+    from thinktune.modeling import pretrained_source
 
-    source, gguf = resolve_source(model_cfg.name_or_path, model_cfg.gguf_file)
-    kwargs: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code}
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    if model_cfg.revision:
-        kwargs["revision"] = model_cfg.revision
+    source, kwargs = pretrained_source(model_cfg)  # refuses custom code the run's config did not allow
     return AutoConfig.from_pretrained(source, **kwargs)
 
 

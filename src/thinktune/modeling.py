@@ -87,17 +87,31 @@ def _read_template_override(chat_template: str) -> str:
     return chat_template
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
-    """Tokenizer from `model.tokenizer` or `model.name_or_path` (works with a tokenizer-only folder)."""
-    from transformers import AutoTokenizer
-
-    source, gguf = resolve_source(cfg.tokenizer or cfg.name_or_path, None if cfg.tokenizer else cfg.gguf_file)
+def pretrained_source(
+    cfg: Any, name: str | None = None, gguf_file: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The resolved source and the from_pretrained arguments every loader shares (trust_remote_code, revision,
+    gguf_file), after refusing custom code the model config does not allow. `name` and `gguf_file` default to
+    the model's own (`cfg` is the config's model section)."""
+    if name is None:
+        name, gguf_file = cfg.name_or_path, cfg.gguf_file
+    source, gguf = resolve_source(name, gguf_file)
     check_remote_code(source, cfg.trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     if gguf:
         kwargs["gguf_file"] = gguf
+    return source, kwargs
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """Tokenizer from `model.tokenizer` or `model.name_or_path` (works with a tokenizer-only folder)."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = pretrained_source(
+        cfg, cfg.tokenizer or cfg.name_or_path, None if cfg.tokenizer else cfg.gguf_file
+    )
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as e:
@@ -172,22 +186,17 @@ def load_model(cfg: ModelConfig, *, device: str | None = None, dtype: str | None
     from transformers import AutoModelForCausalLM
 
     device = device or default_device()
-    source, gguf = resolve_source(cfg.name_or_path, cfg.gguf_file)
-    check_remote_code(source, cfg.trust_remote_code)
+    source, kwargs = pretrained_source(cfg)
+    gguf = "gguf_file" in kwargs
     if not gguf:
         check_weights_format(source, cfg.allow_pickle)
     dtype_name, _ = pick_dtype(dtype or cfg.dtype, device)
-    kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, dtype_name),
-        "trust_remote_code": cfg.trust_remote_code,
-        "attn_implementation": pick_attention(cfg.attn_implementation, device),
+    kwargs.update(
+        dtype=getattr(torch, dtype_name),
+        attn_implementation=pick_attention(cfg.attn_implementation, device),
         **extra,
-    }
-    if cfg.revision:
-        kwargs["revision"] = cfg.revision
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    elif not cfg.allow_pickle:
+    )
+    if not gguf and not cfg.allow_pickle:
         kwargs["use_safetensors"] = True  # never unpickle weights unless the config says so
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

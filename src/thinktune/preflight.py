@@ -17,10 +17,9 @@ from thinktune.config import Config
 from thinktune.errors import ThinktuneError
 from thinktune.modeling import (
     ModelLoadError,
-    check_remote_code,
+    pretrained_source,
     require_optimizer_support,
     require_qlora_support,
-    resolve_source,
 )
 from thinktune.speed import speed_problems
 
@@ -93,13 +92,7 @@ def _model_config(cfg: Config) -> Any:
     from transformers import AutoConfig
 
     m = cfg.model
-    source, gguf = resolve_source(m.name_or_path, m.gguf_file)
-    check_remote_code(source, m.trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": m.trust_remote_code}
-    if m.revision:
-        kwargs["revision"] = m.revision
-    if gguf:
-        kwargs["gguf_file"] = gguf
+    source, kwargs = pretrained_source(m)
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
     except Exception as e:
