@@ -192,10 +192,9 @@ def load_model(cfg: ModelConfig, *, device: str | None = None, dtype: str | None
         check_weights_format(source, cfg.allow_pickle)
     dtype_name, _ = pick_dtype(dtype or cfg.dtype, device)
     kwargs.update(
-        dtype=getattr(torch, dtype_name),
-        attn_implementation=pick_attention(cfg.attn_implementation, device),
-        **extra,
+        dtype=getattr(torch, dtype_name), attn_implementation=pick_attention(cfg.attn_implementation, device)
     )
+    kwargs.update(extra)  # the caller's arguments win, as before
     if not gguf and not cfg.allow_pickle:
         kwargs["use_safetensors"] = True  # never unpickle weights unless the config says so
     try:
