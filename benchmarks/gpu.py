@@ -298,22 +298,13 @@ def _measure(model: Any, opt: Any, fused: bool, inputs: dict, ctx: dict) -> tupl
 
 
 def _estimate(arch: Any, tokens: int, checkpointing: bool, qlora: bool, device: str) -> int:
-    from thinktune.plan import ALL_LINEAR, Setup, estimate
+    from thinktune.plan import Setup, estimate
 
     setup = Setup(
         max_length=tokens,
-        micro_batch=1,
-        grad_accum=1,
-        precision="bf16",
         qlora=qlora,
-        lora_r=16,
-        target_modules=ALL_LINEAR,
-        lora_dropout=0.05,
         gradient_checkpointing=checkpointing,
-        optim="adamw_torch",
-        padding_free=True,
         attention="packed_sdpa",
-        loss="chunked",
         device="cuda" if device == "cuda" else "cpu",
     )
     return estimate(arch, setup).peak_allocated

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from thinktune.model_specs import KNOWN_CONFIGS, arch_from_config  # noqa: E402  (stdlib-only modules)
-from thinktune.plan import ALL_LINEAR, Setup, estimate  # noqa: E402
+from thinktune.plan import Setup, estimate  # noqa: E402
 
 MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 TOLERANCE = 0.15
@@ -171,16 +171,7 @@ def run(tiny: bool) -> tuple[list[dict], dict]:
         setup = Setup(
             max_length=length,
             micro_batch=rows_in_batch,
-            grad_accum=1,
-            precision="bf16",
-            qlora=False,
-            lora_r=16,
-            target_modules=ALL_LINEAR,
-            lora_dropout=0.05,
             gradient_checkpointing=ckpt,
-            optim="adamw_torch",
-            padding_free=True,
-            attention="sdpa",
             loss=loss_kind,
             device=device,
         )

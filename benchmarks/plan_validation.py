@@ -84,21 +84,12 @@ def config_for(model: str) -> dict:
 
 
 def setup_for(case: dict):
-    from thinktune.plan import ALL_LINEAR, Setup
+    from thinktune.plan import Setup
 
     return Setup(
         max_length=case["tokens"],
-        micro_batch=1,
-        grad_accum=1,
         precision="fp32",
-        qlora=False,
-        lora_r=16,
-        target_modules=ALL_LINEAR,
-        lora_dropout=0.05,
         gradient_checkpointing=case["gc"],
-        optim="adamw_torch",
-        padding_free=True,
-        attention="sdpa",
         loss=case["loss"],
         device="cpu",
     )

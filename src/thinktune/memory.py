@@ -54,20 +54,21 @@ class PlanError(ThinktuneError, ValueError):
 @dataclass(frozen=True)
 class Setup:
     """One training configuration to estimate. Built from a :class:`~thinktune.config.Config` by
-    :func:`setup_from_config`; tokens per micro-step are ``micro_batch * max_length`` (the worst case)."""
+    :func:`setup_from_config`; the defaults are thinktune's LoRA recipe, so a measurement names only what it
+    varies. Tokens per micro-step are ``micro_batch * max_length`` (the worst case)."""
 
     max_length: int
-    micro_batch: int
-    grad_accum: int
-    precision: str  # bf16 | fp16 | fp32
-    qlora: bool
-    lora_r: int
-    target_modules: tuple[str, ...]
-    lora_dropout: float
-    gradient_checkpointing: bool
-    optim: str
-    padding_free: bool
-    attention: str  # sdpa | packed_sdpa (per-example, no mask) | flash_attention_2 | eager
+    micro_batch: int = 1
+    grad_accum: int = 1
+    precision: str = "bf16"  # bf16 | fp16 | fp32
+    qlora: bool = False
+    lora_r: int = 16
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+    optim: str = "adamw_torch"
+    padding_free: bool = True
+    attention: str = "sdpa"  # sdpa | packed_sdpa (per-example, no mask) | flash_attention_2 | eager
     loss: str = "chunked"  # chunked (TRL's fused LM head) | full (HF loss over materialised logits)
     device: str = "cuda"
 
