@@ -249,6 +249,8 @@ OPTIONS = {
     "packed-sdpa": ("model.attn_implementation=packed_sdpa", "train.gradient_checkpointing=off"),
     "padded-batches": ("train.padding_free=false", "train.gradient_checkpointing=off"),
     "gradient-checkpointing": ("train.gradient_checkpointing=on",),
+    # the baseline runs thinktune's one-pass LM head (train.loss_head=auto on a CPU); this is TRL's tiled one
+    "trl-loss-head": ("train.loss_head=trl", "train.gradient_checkpointing=off"),
 }
 
 
@@ -258,3 +260,21 @@ def test_each_option_keeps_the_per_step_losses(option, baseline, tiny_qwen2_dir,
     assert baseline[-1] < baseline[0]  # the comparison is over a curve that moves
     for step, (a, b) in enumerate(zip(baseline, losses, strict=True), start=1):
         assert b == pytest.approx(a, rel=0.01), f"{option}: step {step} loss {b} vs {a} without it"
+
+
+def test_shared_dropout_keeps_the_per_step_losses(tiny_qwen2_dir, tmp_path):
+    """Shared masks change which noise each projection sees, not how much: the curves with PEFT's own
+    per-projection dropout and with the shared one stay within 1% of each other."""
+    own, shared = (
+        _losses(
+            tiny_qwen2_dir,
+            tmp_path / f"shared-{flag}",
+            "lora.lora_dropout=0.05",
+            f"lora.shared_dropout={flag}",
+            "train.gradient_checkpointing=off",
+        )
+        for flag in ("false", "true")
+    )
+    assert own[-1] < own[0]
+    for step, (a, b) in enumerate(zip(own, shared, strict=True), start=1):
+        assert b == pytest.approx(a, rel=0.01), f"step {step}: loss {b} with shared dropout vs {a} without"

@@ -109,6 +109,10 @@ class LoraSection:
         32, "LoRA scaling numerator (update scale = alpha / r, or alpha / sqrt(r) with rsLoRA)."
     )
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input. Raise on tiny datasets to fight overfitting.")
+    shared_dropout: bool = _f(
+        True,
+        "Projections reading the same input (q/k/v, gate/up) share one dropped copy of it: faster, less memory.",
+    )
     target_modules: list[str] | str = _f(
         "all-linear", "Modules to adapt: `all-linear` (every linear layer of the blocks) or a list of names."
     )
@@ -150,6 +154,11 @@ class TrainConfig:
     )
     use_liger_kernel: bool = _f(
         False, "Liger's Triton kernels for RMSNorm/RoPE/SwiGLU (CUDA; pip install liger-kernel)."
+    )
+    loss_head: Literal["auto", "trl", "onepass"] = _f(
+        "auto",
+        "LM-head loss: trl (tiled, recomputed in the backward), onepass (gradient in the forward; frozen head). "
+        "auto: onepass where TRL has no Triton kernels (CPU).",
     )
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slow first steps, faster after).")
     early_stopping_patience: int | None = _f(

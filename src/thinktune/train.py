@@ -377,7 +377,26 @@ def build_trainer(
             callbacks=list(cbs.values()),
         )
     trainer.remove_callback(ProgressCallback)  # ProgressBar shows the same bar without printing raw log dicts
+    fast_path(cfg, trainer.model, device)
     return trainer, cbs
+
+
+def fast_path(cfg: Config, model: Any, device: str) -> None:
+    """thinktune's kernels on the PEFT model SFTTrainer built (see thinktune.kernels): the one-pass LM-head loss
+    where train.loss_head picks it, and shared LoRA dropout masks."""
+    from thinktune import kernels
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if kernels.use_onepass_head(cfg.train.loss_head, device):
+        if kernels.install_onepass_head(base):
+            log.info("loss: one-pass LM head over the supervised positions (train.loss_head)")
+        elif cfg.train.loss_head == "onepass":
+            log.warning(
+                "train.loss_head=onepass: this model's head is not a plain projection (bias, scaling, soft-capping "
+                "or an MoE router loss); TRL's head computes the loss instead"
+            )
+    if cfg.lora.shared_dropout and cfg.lora.lora_dropout > 0:
+        kernels.share_lora_dropout(model)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,203 @@
+"""thinktune.kernels: the one-pass LM head gives TRL's loss and gradients, and shared LoRA dropout drops what
+it should, shares only between projections that read the same tensor, and forgets inputs that are gone."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+from _train_helpers import arithmetic_rows, quick_config, single_thread
+from thinktune import kernels
+from thinktune import train as T
+from thinktune.data import Example
+from thinktune.formatting import Formatter
+from thinktune.modeling import load_model, load_tokenizer
+from thinktune.rundir import RunDir
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+# ------------------------------------------------------------------------------------------ one-pass head
+
+
+def test_onepass_logprob_matches_log_softmax_values_and_gradient():
+    gen = torch.Generator().manual_seed(0)
+    n, h, v = kernels.TILE * 2 + 37, 24, 300  # three tiles, the last one partial
+    hidden = torch.randn(n, h, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(v, h, dtype=torch.float64, generator=gen)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    upstream = torch.randn(n, dtype=torch.float64, generator=gen)
+
+    logp, entropy, top1 = kernels.OnePassLogProb.apply(hidden, weight, targets)
+    (logp * upstream).sum().backward()
+
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    log_sm = torch.log_softmax(ref_hidden @ weight.t(), -1)
+    ref = log_sm.gather(-1, targets[:, None])[:, 0]
+    (ref * upstream).sum().backward()
+
+    assert torch.allclose(logp, ref.detach(), atol=1e-12)
+    assert torch.allclose(hidden.grad, ref_hidden.grad, atol=1e-12)
+    assert torch.allclose(entropy, -(log_sm.exp() * log_sm).sum(-1).detach(), atol=1e-12)
+    assert torch.equal(top1, log_sm.argmax(-1) == targets)
+    assert not entropy.requires_grad and not top1.requires_grad
+
+
+def test_onepass_logprob_without_grad_and_without_tokens():
+    weight = torch.randn(50, 8)
+    with torch.no_grad():
+        logp, _, _ = kernels.OnePassLogProb.apply(torch.randn(5, 8), weight, torch.zeros(5, dtype=torch.long))
+    assert logp.shape == (5,) and bool((logp <= 0).all())
+    empty = torch.zeros(0, 8, requires_grad=True)
+    logp, entropy, top1 = kernels.OnePassLogProb.apply(empty, weight, torch.zeros(0, dtype=torch.long))
+    assert logp.shape == entropy.shape == top1.shape == (0,)
+    logp.sum().backward()
+    assert empty.grad is not None and empty.grad.shape == (0, 8)
+
+
+def _trainer(tmp_path, model_dir, *overrides):
+    cfg = quick_config(
+        tmp_path, model_dir, "lora.lora_dropout=0.0", "train.per_device_train_batch_size=3", *overrides
+    )
+    tok = load_tokenizer(cfg.model)
+    fmt = Formatter(tok)
+    enc = [fmt.encode(Example(r["Question"], r["Complex_CoT"], r["Response"])) for r in arithmetic_rows(3)]
+    torch.manual_seed(0)
+    model = load_model(cfg.model, device="cpu", dtype="float32", attn_implementation="sdpa")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    trainer, _ = T.build_trainer(cfg, model, tok, enc, [], run, device="cpu", precision="fp32")
+    gen = torch.Generator().manual_seed(1)
+    for name, p in trainer.model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero; a non-zero adapter makes the gradients of A count too
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    return trainer, batch
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+def test_onepass_head_gives_trls_loss_and_gradients(tmp_path, tiny_qwen2_dir):
+    fast, batch = _trainer(tmp_path / "a", tiny_qwen2_dir, "train.loss_head=onepass")
+    ref, ref_batch = _trainer(tmp_path / "b", tiny_qwen2_dir, "train.loss_head=trl")
+    assert torch.equal(batch["input_ids"], ref_batch["input_ids"])
+    loss, grads = _loss_and_grads(fast, batch)
+    ref_loss, ref_grads = _loss_and_grads(ref, ref_batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-6), name
+    # the metrics TRL logs from the head's outputs agree too
+    for key in ("entropy", "mean_token_accuracy"):
+        assert fast._metrics["train"][key][-1] == pytest.approx(ref._metrics["train"][key][-1], rel=1e-4)
+
+
+def test_onepass_head_defers_to_trl_where_it_would_not_be_exact(tmp_path, tiny_qwen2_dir, monkeypatch):
+    torch.manual_seed(0)
+    cfg = quick_config(tmp_path, tiny_qwen2_dir)
+    model = load_model(cfg.model, device="cpu", dtype="float32", attn_implementation="sdpa")
+    model.config.final_logit_softcapping = 30.0
+    assert not kernels.install_onepass_head(model)  # a soft-capped head: TRL's path, untouched
+    model.config.final_logit_softcapping = None
+    from trl.trainer.utils import add_fused_lm_head
+
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    assert kernels.install_onepass_head(model)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    labels = torch.tensor([[-100, -100, 7, 8, 9]])
+    out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    model.get_output_embeddings().weight.requires_grad_(True)  # a trained head: TRL computes its gradient
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the one-pass head must not serve a trained head")
+
+    monkeypatch.setattr(kernels.OnePassLogProb, "apply", refuse)
+    trl_out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    assert trl_out.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+def test_loss_head_auto_is_onepass_off_triton_devices():
+    assert kernels.use_onepass_head("auto", "cpu")
+    assert not kernels.use_onepass_head("auto", "cuda:0")
+    assert kernels.use_onepass_head("onepass", "cuda:0")
+    assert not kernels.use_onepass_head("trl", "cpu")
+
+
+# ------------------------------------------------------------------------------------------ dropout
+
+
+def test_cpu_dropout_rate_scale_and_gradient():
+    x = torch.randn(1000, 4000, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(0)
+    y = kernels.dropout(x, 0.05)
+    dropped = (y == 0).double().mean().item()
+    assert dropped == pytest.approx(0.05, abs=1e-3)
+    kept = y != 0
+    scale = 65536 / (65536 - round(0.05 * 65536))
+    assert torch.allclose(y[kept], x.detach()[kept] * scale)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.double() * scale)
+    torch.manual_seed(0)
+    again = kernels.dropout(x.detach(), 0.05)
+    assert torch.equal(again, y.detach())  # seeded like every other torch random op
+
+
+def test_shared_dropout_shares_only_the_same_unchanged_input():
+    memo = kernels._Memo()
+    q, k = kernels.SharedDropout(0.5, memo), kernels.SharedDropout(0.5, memo)
+    x = torch.randn(64, 64)
+    first = q(x)
+    assert k(x) is first  # same tensor: same dropped copy
+    other = torch.randn(64, 64)
+    assert not torch.equal(k(other) == 0, first == 0)
+    x.mul_(2)  # changed in place: a new mask
+    assert not torch.equal(q(x) == 0, first == 0)
+    q.eval()
+    assert q(x) is x
+
+
+def test_shared_dropout_forgets_an_input_that_is_gone():
+    memo = kernels._Memo()
+    drop = kernels.SharedDropout(0.1, memo)
+    x = torch.randn(8, 8)
+    drop(x)
+    assert memo.output is not None
+    del x
+    gc.collect()
+    assert memo.output is None and memo.key is None
+
+
+def test_share_lora_dropout_replaces_every_peft_dropout(tmp_path, tiny_qwen2_dir):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = load_model(
+        quick_config(tmp_path, tiny_qwen2_dir).model,
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+    )
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
+    layers = model.config.num_hidden_layers
+    assert kernels.share_lora_dropout(peft_model) == 7 * layers
+    drops = [m for m in peft_model.modules() if isinstance(m, nn.Dropout)]
+    assert drops and all(isinstance(m, kernels.SharedDropout) for m in drops)
+    memos = {id(m._memo) for m in drops}
+    assert len(memos) == 1  # one memo per model
+    peft_model.train()
+    out = peft_model(input_ids=torch.tensor([[5, 6, 7, 8]]), labels=torch.tensor([[5, 6, 7, 8]]))
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in peft_model.named_parameters() if "lora_A" in n)
