@@ -136,6 +136,18 @@ def test_bundled_sample_loads():
     assert all(e.reasoning and e.answer for e in res.examples)
 
 
+def test_bundled_sample_by_language():
+    def han(e):
+        return any("\u4e00" <= ch <= "\u9fff" for ch in e.question + e.reasoning + e.answer)
+
+    whole, en, zh = (load_examples(s).examples for s in ("sample", "sample:en", "sample:zh"))
+    assert len(en) + len(zh) == len(whole) and en and zh
+    assert not any(han(e) for e in en) and all(han(e) for e in zh)
+    assert {e.question for e in en} | {e.question for e in zh} == {e.question for e in whole}
+    with pytest.raises(DataError, match="sample:fr.*use sample, sample:en or sample:zh"):
+        load_examples("sample:fr")
+
+
 @needs_shared(DEMO_DATA)
 def test_shared_demo_data_loads_198_examples():
     res = load_examples(str(DEMO_DATA), keep=("options", "answer_idx"))

@@ -169,6 +169,24 @@ def test_compare_pairs_base_and_tuned(evaluated):
     assert "base" in printed and "tuned" in printed and "change" in printed
 
 
+def test_mixed_batches_give_the_separate_passes_answers(evaluated):
+    """compare decodes base and tuned rows in the same batches (PEFT mixed batches): the answers equal those of
+    one pass with the adapter off and one with it on; sampling keeps separate, seeded passes."""
+    from thinktune import inference
+
+    session = inference.open_run(evaluated["run"])
+    prompts = [session.formatter.prompt(e.question, e.system) for e in session.validation_examples(4)]
+    decoding = session.decoding()
+    pair = session.generator().both(prompts, **{**decoding, "batch_size": 3})  # pairs split across batches
+    assert pair is not None
+    base = session.generate(prompts, adapter=False)
+    tuned = session.generate(prompts, adapter=True)
+    assert [g.text for g in pair[0]] == [g.text for g in base]
+    assert [g.text for g in pair[1]] == [g.text for g in tuned]
+    assert [g.text for g in base] != [g.text for g in tuned]  # the adapter changes something
+    assert session.generator().both(prompts, **{**decoding, "temperature": 0.7}) is None
+
+
 def test_report_has_every_section_filled(evaluated):
     proc = evaluated["report"]
     assert proc.returncode == 0, proc.stderr

@@ -172,9 +172,9 @@ def run_compare(
         )
     prompts = [q["prompt"] for q in questions]
     log.info("comparing base and tuned on %d questions", len(prompts))
-    # Same prompts, same order, same batches, same seeds: any difference comes from the adapter.
-    base = session.generate(prompts, adapter=False, label="base")
-    tuned = session.generate(prompts, adapter=True, label="tuned")
+    # Same prompts and decoding (greedy: both sides in the same batches; sampling: the same batches and seeds
+    # per side): any difference comes from the adapter.
+    base, tuned = session.generate_both(prompts)
     tok = session.tokenizer
     pairs = pair_records(questions, base, tuned, lambda t: tok(t, add_special_tokens=False)["input_ids"])
     summary = {

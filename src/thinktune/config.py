@@ -66,7 +66,7 @@ class ModelConfig:
 class DataConfig:
     source: str = _f(
         "",
-        "Dataset: local .json/.jsonl/.parquet/.csv, a Hugging Face id, `ms:<id>` (ModelScope) or `sample`.",
+        "Dataset: local .json/.jsonl/.parquet/.csv, a Hugging Face id, `ms:<id>` (ModelScope) or `sample` (`sample:en`/`sample:zh`: one language).",
     )
     config_name: str | None = _f(
         None, "Dataset config/subset, e.g. `en` or `zh` for medical-o1-reasoning-SFT."

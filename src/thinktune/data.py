@@ -2,7 +2,8 @@
 
 Sources: local .json (array or one object per line), .jsonl, .parquet, .csv; a Hugging Face dataset id
 (optionally with a config name and a sliced split such as ``train[:1500]``) or a local dataset folder;
-``ms:<id>`` for ModelScope; ``sample`` for the data bundled with thinktune.
+``ms:<id>`` for ModelScope; ``sample`` for the data bundled with thinktune (``sample:en``, ``sample:zh``: one
+language of it).
 
 Schemas: ``medical-o1`` (Question / Complex_CoT / Response), ``alpaca`` (instruction / input / output),
 ``messages`` (OpenAI role/content or ShareGPT from/value, with ``reasoning_content`` or inline
@@ -264,13 +265,38 @@ def _read_modelscope(source: str, config_name: str | None, split: str) -> Iterat
         yield i, dict(row)
 
 
+SAMPLE_LANGUAGES = ("en", "zh")
+_CJK = re.compile("[\u3400-\u9fff]")
+
+
+def _read_sample(source: str) -> tuple[str, Iterator[RowItem]]:
+    """The bundled data: ``sample`` (all 56 rows), ``sample:en`` (the 34 English rows) or ``sample:zh`` (the 22
+    Chinese ones, told apart by their CJK characters); row numbers stay those of the file."""
+    path = SAMPLE_PATH
+    rows = _read_json(path, _decode(path.read_bytes(), str(path)))
+    language = source.partition(":")[2]
+    if not language:
+        return str(path.name), rows
+    if language not in SAMPLE_LANGUAGES:
+        raise DataError(
+            f"data.source {source!r}: the bundled sample has languages {', '.join(SAMPLE_LANGUAGES)}; "
+            "use sample, sample:en or sample:zh."
+        )
+
+    def chinese(row: Any) -> bool:
+        return isinstance(row, dict) and any(_CJK.search(str(v)) for v in row.values())
+
+    return f"{path.name} ({language})", (
+        (i, row) for i, row in rows if not isinstance(row, dict) or chinese(row) == (language == "zh")
+    )
+
+
 def read_rows(
     source: str, config_name: str | None = None, split: str = "train"
 ) -> tuple[str, Iterator[RowItem]]:
     """Return (display name, iterator of (row number, row or error)) for any supported source."""
-    if source == "sample":
-        path = SAMPLE_PATH
-        return str(path.name), _read_json(path, _decode(path.read_bytes(), str(path)))
+    if source == "sample" or source.startswith("sample:"):
+        return _read_sample(source)
     if source.startswith(("ms:", "modelscope:")):
         ident = source.split(":", 1)[1]
         return f"modelscope:{ident}", _read_modelscope(ident, config_name, split)

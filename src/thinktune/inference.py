@@ -119,6 +119,20 @@ class Session:
 
         return self.generator()(prompts, adapter=adapter, progress=progress, **self.decoding())
 
+    def generate_both(self, prompts: list[str]) -> tuple[list[Any], list[Any]]:
+        """(base, tuned) answers with the same decoding: one mixed pass where the backend can, else two."""
+        if prompts:
+            generator = self.generator()
+            both = getattr(generator, "both", None)
+            pair = both(prompts, **self.decoding()) if both is not None else None
+            if pair is not None:
+                log.info("base and tuned: generated %d/%d in mixed batches", len(prompts), len(prompts))
+                return pair
+        return (
+            self.generate(prompts, adapter=False, label="base"),
+            self.generate(prompts, adapter=True, label="tuned"),
+        )
+
     def validation_examples(self, limit: int | None) -> list[Example]:
         if self.run is None or not self.run.validation_data.is_file():
             return []
