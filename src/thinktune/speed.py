@@ -8,9 +8,12 @@ refusals. Each choice changes speed or memory, never the loss (tests/test_speed.
   transformers' public ``AttentionInterface``: each example of the packed row attends only to itself
   (``torch.nn.attention.varlen`` on CUDA where it checks out, one causal SDPA call per example otherwise), with
   no mask at all. Anything that is not a packed row (padded batches, generation) goes to transformers' SDPA.
-- The loss: TRL's SFTTrainer projects only the supervised positions through the LM head, in tiles, never
-  building the ``tokens x vocabulary`` logits. ``train.use_liger_kernel`` adds Liger's Triton kernels for
-  RMSNorm, RoPE and SwiGLU (TRL keeps its own fused loss: Liger's fused linear cross-entropy would replace it).
+- The loss: never the ``tokens x vocabulary`` logits. On a GPU TRL's SFTTrainer projects the supervised
+  positions through the LM head in tiles (Triton); elsewhere thinktune's one-pass head does, computing the
+  gradient in the forward instead of recomputing the tiles (``train.loss_head``, :mod:`thinktune.kernels`).
+  ``train.use_liger_kernel`` adds Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (TRL keeps its own
+  fused loss: Liger's fused linear cross-entropy would replace it).
+- LoRA dropout: projections reading the same input share one dropped copy (``lora.shared_dropout``).
 - Gradient checkpointing ``auto``: on a GPU, on only when the memory plan says the run does not fit without it.
 - ``train.group_by_length`` and ``train.torch_compile`` are passed to the Trainer.
 
