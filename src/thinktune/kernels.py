@@ -42,9 +42,8 @@ class OnePassLogProb(torch.autograd.Function):
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> Any:
         ctx.set_materialize_grads(False)
         n = hidden.shape[0]
-        want_grad = ctx.needs_input_grad[
-            0
-        ]  # grad mode is off inside forward; this says whether it was outside
+        # grad mode is off inside forward; needs_input_grad says whether it was on outside
+        want_grad = ctx.needs_input_grad[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax in fp32 at least
         logp = torch.empty(n, dtype=acc, device=hidden.device)
         entropy = torch.empty_like(logp)
@@ -57,12 +56,18 @@ class OnePassLogProb(torch.autograd.Function):
             e = min(s + TILE, n)
             t = targets[s:e, None]
             z = (hidden[s:e] @ w.t()).to(acc)
-            top1[s:e] = z.argmax(-1) == t[:, 0]  # argmax takes the first of tied maxima, like TRL's is_top1
-            log_z = torch.logsumexp(z, -1, keepdim=True)
-            logp[s:e] = (z.gather(-1, t) - log_z)[:, 0]
-            z.sub_(log_z)  # log-softmax, in place
+            # Few passes over the tile (they, not the matmuls, dominate a small model's big-vocabulary head):
+            # max with its index (the first of tied maxima, like TRL's is_top1), exp, sum, normalise, one dot.
+            peak, top = z.max(-1, keepdim=True)
+            top1[s:e] = top[:, 0] == t[:, 0]
+            z.sub_(peak)
             p = z.exp()
-            entropy[s:e] = -(p * z).sum(-1)
+            total = p.sum(-1, keepdim=True)
+            log_total = total.log()
+            logp[s:e] = (z.gather(-1, t) - log_total)[:, 0]
+            p.div_(total)
+            # entropy = log sum(exp z) - sum(p z) = log_total - sum(p (z - peak))
+            entropy[s:e] = log_total[:, 0] - torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)
             if grad_hidden is not None:
                 # d log p_target / dz = onehot(target) - p
                 p.neg_().scatter_add_(-1, t, torch.ones_like(t, dtype=p.dtype))
