@@ -95,8 +95,17 @@ def test_inspect_data_shows_what_512_tokens_would_cut(tmp_path):
 
 
 def test_inspect_data_errors_are_clear(tmp_path):
-    r = cli("inspect-data", "--data", str(tmp_path / "missing.jsonl"), "--model", "pkg:qwen3-tokenizer")
+    runs = tmp_path / "runs"
+    r = cli(
+        "inspect-data",
+        "--data",
+        str(tmp_path / "missing.jsonl"),
+        "--model",
+        "pkg:qwen3-tokenizer",
+        f"train.output_dir={runs}",
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not runs.exists(), "a failed inspect-data left a run folder behind"
     r = cli("inspect-data", "--data", "sample")
     assert r.returncode == 2 and "model.name_or_path is empty" in r.stderr
     bad = tmp_path / "bad.jsonl"

@@ -227,6 +227,18 @@ def test_schema_detection_messages():
         detect_schema(["foo"])
 
 
+def test_a_run_folders_own_data_files_load_back(tmp_path):
+    """runs/<name>/data/*.jsonl (question, reasoning, answer, system, meta) are valid thinktune input again."""
+    from thinktune.rundir import save_examples
+
+    examples = [Example("Q1?", "R1", "A1"), Example("Q2?", "R2", "A2", "S2")]
+    path = tmp_path / "validation.jsonl"
+    save_examples(path, examples)
+    res = load_examples(str(path))
+    assert res.schema == "columns" and res.examples == examples
+    assert [e.system for e in res.examples] == [None, "S2"]
+
+
 def test_system_prompt_default_applies_only_without_own(tmp_path):
     rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d", "system": "own"}]
     res = load_examples(str(write_json(tmp_path / "a.json", rows)), system_prompt="default")

@@ -343,6 +343,8 @@ def detect_schema(columns: Sequence[str], source: str = "data") -> str:
         found.append("alpaca")
     if "messages" in cols or "conversations" in cols:
         found.append("messages")
+    if {"question", "reasoning", "answer"} <= cols:
+        found.append("thinktune")  # a run folder's data/train.jsonl and data/validation.jsonl
     if len(found) == 1:
         return found[0]
     if not found:
@@ -517,6 +519,9 @@ def load_examples(
         if schema == "auto":
             schema = detect_schema(list(row.keys()), name)
             log.info("%s: detected schema %r", name, schema)
+            if schema == "thinktune":
+                schema = "columns"
+                columns = {k: k for k in ("question", "reasoning", "answer", "system") if k in row}
         try:
             if _undecodable(row):
                 raise _RowError(_UNDECODABLE)

@@ -66,8 +66,6 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{out / 'data_report.json'} already exists; choose another --out (nothing was overwritten)"
             )
-    else:
-        out = create_run_dir(cfg.train.output_dir, None, f"inspect-{slug(Path(d.source).stem)}")
     loaded = load_configured(d)
     train, val = split_examples(
         loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
@@ -77,6 +75,9 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
     notes = fmt.check(loaded.examples[:3])
     encoded = doctor.encode_all(fmt, train + val)
     result = doctor.apply_length_policy(fmt, encoded, d.max_length, d.length_policy)
+    if not args.out:
+        # Only now: a missing file or a bad row must not leave an empty runs/inspect-* folder behind.
+        out = create_run_dir(cfg.train.output_dir, None, f"inspect-{slug(Path(d.source).stem)}")
     color = False if args.no_color else None
     for i, enc in enumerate(encoded[: max(0, args.show)], start=1):
         doctor.show_example(fmt, enc, i, color=color)
