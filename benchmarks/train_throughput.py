@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--arms",
         default="tutorial,trl-default,thinktune",
-        help="comma-separated subset, in order (also: thinktune-no-dropout, the default path with lora_dropout=0)",
+        help="comma-separated subset, in order (also the ablations thinktune-no-dropout: lora_dropout=0, and "
+        "thinktune-peft-lora: PEFT's own LoRA modules)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="also write the table (markdown) and rows (JSON) here")
@@ -389,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     tcfg0 = thinktune_config(
         model_dir, args.steps, args.batch, str(work / "thinktune0"), "lora.lora_dropout=0"
     )
+    # The default path with PEFT's own LoRA modules (an ablation: what the one-node projections add).
+    tcfg_peft = thinktune_config(
+        model_dir, args.steps, args.batch, str(work / "thinktune-peft"), "train.lora_kernel=peft"
+    )
     builders = {
         "tutorial": lambda: arm_tutorial(
             fresh(), tok, encoded, max_length, args.steps, args.batch, str(work / "tutorial")
@@ -410,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
             tok,
             encoded,
             str(work / "thinktune0"),
+            precision,
+        ),
+        "thinktune-peft-lora": lambda: arm_thinktune(
+            tcfg_peft,
+            fresh(
+                training_attention(tcfg_peft.model.attn_implementation, device, tcfg_peft.train.padding_free)
+            ),
+            tok,
+            encoded,
+            str(work / "thinktune-peft"),
             precision,
         ),
     }

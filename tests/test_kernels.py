@@ -201,3 +201,111 @@ def test_share_lora_dropout_replaces_every_peft_dropout(tmp_path, tiny_qwen2_dir
     out = peft_model(input_ids=torch.tensor([[5, 6, 7, 8]]), labels=torch.tensor([[5, 6, 7, 8]]))
     out.loss.backward()
     assert all(p.grad is not None for n, p in peft_model.named_parameters() if "lora_A" in n)
+
+
+# ------------------------------------------------------------------------------------------ one-node LoRA
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_lora_linear_matches_peft_arithmetic(with_dropout):
+    gen = torch.Generator().manual_seed(0)
+    f64 = {"dtype": torch.float64}
+    x = torch.randn(2, 5, 6, generator=gen, **f64).requires_grad_()
+    weight, bias = torch.randn(7, 6, generator=gen, **f64), torch.randn(7, generator=gen, **f64)
+    a = torch.randn(3, 6, generator=gen, **f64).requires_grad_()
+    b = torch.randn(7, 3, generator=gen, **f64).requires_grad_()
+    keep = (torch.rand(2, 5, 6, generator=gen) > 0.3).double()
+    upstream = torch.randn(2, 5, 7, generator=gen, **f64)
+
+    def grads(y):
+        return torch.autograd.grad((y * upstream).sum(), (x, a, b), retain_graph=True)
+
+    dropped = x * keep / 0.7 if with_dropout else None
+    out = kernels.LoraLinear.apply(x, dropped, weight, bias, a, b, 2.5)
+    d = dropped if with_dropout else x
+    ref = nn.functional.linear(x, weight, bias) + nn.functional.linear(nn.functional.linear(d, a), b) * 2.5
+    assert torch.allclose(out, ref, atol=1e-12)
+    for got, want in zip(grads(out), grads(ref), strict=True):
+        assert torch.allclose(got, want, atol=1e-12)
+    free = torch.randn(2, 5, 6, generator=gen, **f64).requires_grad_()  # a dropped input as its own leaf
+    assert torch.autograd.gradcheck(
+        lambda xx, dd, aa, bb: kernels.LoraLinear.apply(
+            xx, dd if with_dropout else None, weight, None, aa, bb, 0.5
+        ),
+        (x, free, a, b),
+    )
+
+
+def _peft_tiny(tmp_path, model_dir, **lora):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = load_model(
+        quick_config(tmp_path, model_dir).model, device="cpu", dtype="float32", attn_implementation="sdpa"
+    )
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", **lora))
+    gen = torch.Generator().manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # PEFT starts B at zero; a non-zero adapter makes every path count
+            p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return peft_model
+
+
+def test_fused_lora_gives_peft_loss_and_gradients_in_training(tmp_path, tiny_qwen2_dir):
+    fast, batch = _trainer(tmp_path / "a", tiny_qwen2_dir, "lora.lora_dropout=0.1", "train.lora_kernel=fused")
+    ref, ref_batch = _trainer(
+        tmp_path / "b", tiny_qwen2_dir, "lora.lora_dropout=0.1", "train.lora_kernel=peft"
+    )
+    layers = fast.model.get_base_model().config.num_hidden_layers
+    patched = [m for m in fast.model.modules() if "forward" in vars(m) and hasattr(m, "lora_A")]
+    assert len(patched) == 7 * layers
+    assert not [m for m in ref.model.modules() if "forward" in vars(m) and hasattr(m, "lora_A")]
+    torch.manual_seed(5)  # the same dropout masks: both paths draw them through the same modules, in order
+    loss, grads = _loss_and_grads(fast, batch)
+    torch.manual_seed(5)
+    ref_loss, ref_grads = _loss_and_grads(ref, ref_batch)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 14 * layers
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tmp_path, tiny_qwen2_dir):
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    model = _peft_tiny(tmp_path, tiny_qwen2_dir).eval()
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        assert not torch.allclose(plain, base, atol=1e-4)  # the adapter matters
+        assert kernels.fuse_lora_linears(model) == 7 * model.config.num_hidden_layers
+        assert kernels.fuse_lora_linears(model) == 0  # once per module
+        assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-5)
+        with model.disable_adapter():
+            assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5)
+        mixed = model(input_ids=ids, adapter_names=["__base__", "default"]).logits
+        assert torch.allclose(mixed[0], base[0], atol=1e-5) and torch.allclose(mixed[1], plain[1], atol=1e-5)
+        model.merge_adapter()
+        assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-4)
+        model.unmerge_adapter()
+
+    dora = _peft_tiny(tmp_path / "dora", tiny_qwen2_dir, use_dora=True).eval()
+    with torch.no_grad():
+        want = dora(input_ids=ids).logits
+        kernels.fuse_lora_linears(dora)
+
+        def refuse(*_a, **_k):
+            raise AssertionError("DoRA is not plain LoRA: PEFT's forward must run")
+
+        kernels.LoraLinear.apply, saved = refuse, kernels.LoraLinear.apply
+        try:
+            assert torch.allclose(dora(input_ids=ids).logits, want, atol=1e-6)
+        finally:
+            kernels.LoraLinear.apply = saved
+
+
+def test_lora_kernel_auto_is_fused_off_cuda():
+    assert kernels.use_lora_kernel("auto", "cpu")
+    assert not kernels.use_lora_kernel("auto", "cuda:0")
+    assert kernels.use_lora_kernel("fused", "cuda:0")
+    assert not kernels.use_lora_kernel("peft", "cpu")

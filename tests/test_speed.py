@@ -251,6 +251,8 @@ OPTIONS = {
     "gradient-checkpointing": ("train.gradient_checkpointing=on",),
     # the baseline runs thinktune's one-pass LM head (train.loss_head=auto on a CPU); this is TRL's tiled one
     "trl-loss-head": ("train.loss_head=trl", "train.gradient_checkpointing=off"),
+    # ... and thinktune's one-node LoRA projections (train.lora_kernel=auto on a CPU); this is PEFT's modules
+    "peft-lora-kernel": ("train.lora_kernel=peft", "train.gradient_checkpointing=off"),
 }
 
 

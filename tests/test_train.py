@@ -11,7 +11,7 @@ import torch
 from _train_helpers import quick_config, refuse_weight_loading, refused, single_thread
 from conftest import ROOT
 from thinktune import train as T
-from thinktune.config import dump_yaml, load_config
+from thinktune.config import dump_yaml, load_config, validate
 from thinktune.data import Example
 from thinktune.errors import ThinktuneError
 from thinktune.formatting import Formatter
@@ -57,6 +57,37 @@ def test_refuses_max_length_beyond_model_positions(tmp_path, tiny_qwen2_dir, no_
         tmp_path,
     )
     assert "data.max_length=4096" in msg
+
+
+def test_refuses_more_top_layers_than_the_model_has(tmp_path, tiny_qwen2_dir, no_weights):
+    msg = refused(
+        quick_config(tmp_path, tiny_qwen2_dir, "lora.top_layers=99"), "transformer blocks", tmp_path
+    )
+    assert "lora.top_layers=99" in msg and "or less" in msg
+    with pytest.raises(ThinktuneError, match="lora.top_layers=0"):
+        validate(quick_config(tmp_path, tiny_qwen2_dir, "lora.top_layers=0"))
+
+
+def test_top_layers_adapts_only_the_last_blocks_and_backward_stops_there(tmp_path, tiny_qwen2_dir):
+    cfg = quick_config(tmp_path, tiny_qwen2_dir, "lora.top_layers=1", "lora.lora_dropout=0")
+    tok = load_tokenizer(cfg.model)
+    fmt = Formatter(tok)
+    enc = [fmt.encode(e) for e in EXAMPLES]
+    model = load_model(cfg.model, device="cpu", dtype="float32")
+    last = model.config.num_hidden_layers - 1
+    trainer, _ = T.build_trainer(cfg, model, tok, enc, [], RunDir(tmp_path), device="cpu", precision="fp32")
+    adapted = {n.split(".lora_A")[0] for n, _ in trainer.model.named_parameters() if ".lora_A." in n}
+    assert len(adapted) == 7 and all(f"layers.{last}." in n for n in adapted), sorted(adapted)
+    seen = []  # which blocks' outputs take part in the backward pass
+    for i, block in enumerate(trainer.model.get_base_model().model.layers):
+        block.register_forward_hook(lambda _m, _a, out, i=i: seen.append((i, out[0].requires_grad)))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer.data_collator([trainer.train_dataset[0]]))
+    loss.backward()
+    assert [g for _, g in seen] == [i == last for i, _ in seen]
+    grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert len(grads) == 14 and all(g is not None for g in grads.values())
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)  # B starts at zero, A's grad too
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

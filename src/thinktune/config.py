@@ -116,6 +116,11 @@ class LoraSection:
     target_modules: list[str] | str = _f(
         "all-linear", "Modules to adapt: `all-linear` (every linear layer of the blocks) or a list of names."
     )
+    top_layers: int | None = _f(
+        None,
+        "Adapt only the last N transformer blocks (default: all). The backward stops at the lowest adapted block: "
+        "faster steps, less learning (SmolLM2 demo, last 15 of 30: 1.4x the steps/s, held-out loss -25% vs -28%).",
+    )
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); helps at large ranks.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA): sometimes better quality, slower.")
 
@@ -159,6 +164,11 @@ class TrainConfig:
         "auto",
         "LM-head loss: trl (tiled, recomputed in the backward), onepass (gradient in the forward; frozen head). "
         "auto: onepass where TRL has no Triton kernels (CPU).",
+    )
+    lora_kernel: Literal["auto", "peft", "fused"] = _f(
+        "auto",
+        "LoRA projections: peft (PEFT's modules as they are), fused (base + adapter in one autograd node, fewer "
+        "passes over memory; plain LoRA only). auto: fused off CUDA/XPU (CPU).",
     )
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slow first steps, faster after).")
     early_stopping_patience: int | None = _f(
@@ -431,6 +441,10 @@ def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) ->
         problems.append(f"lora.lora_alpha={lo.lora_alpha}: must be positive (commonly 2 x lora.r).")
     if not 0 <= lo.lora_dropout < 1:
         problems.append(f"lora.lora_dropout={lo.lora_dropout}: must be in [0, 1).")
+    if lo.top_layers is not None and lo.top_layers < 1:
+        problems.append(
+            f"lora.top_layers={lo.top_layers}: use a number of blocks >= 1, or null for all of them."
+        )
     if isinstance(lo.target_modules, list) and not lo.target_modules:
         problems.append("lora.target_modules is an empty list: use all-linear or name modules like q_proj.")
     if t.learning_rate <= 0:

@@ -81,6 +81,13 @@ def preflight(cfg: Config) -> ModelFacts:
             f"{m.name_or_path!r} supports (max_position_embeddings); set data.max_length={max_positions} or less "
             "(and data.length_policy=truncate_reasoning to keep long examples)."
         )
+    blocks = getattr(text, "num_hidden_layers", None)
+    top = cfg.lora.top_layers
+    if top is not None and isinstance(blocks, int) and top > blocks:
+        problems.append(
+            f"lora.top_layers={top}, but {m.name_or_path!r} has {blocks} transformer blocks; set "
+            f"lora.top_layers={blocks} or less (or null for all of them)."
+        )
     linear = _linear_module_names(config, m.trust_remote_code)
     problems += _target_module_problems(cfg.lora.target_modules, linear, m.name_or_path)
     if problems:

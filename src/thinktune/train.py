@@ -133,7 +133,10 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
         log.info("precision %s on %s x%d", precision, device, dist.num_processes)
         lo = cfg.lora
         share = f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)"
-        log.info("LoRA r=%d alpha=%d on %s: %s", lo.r, lo.lora_alpha, lo.target_modules, share)
+        where = (
+            f"{lo.target_modules} of the last {lo.top_layers} blocks" if lo.top_layers else lo.target_modules
+        )
+        log.info("LoRA r=%d alpha=%d on %s: %s", lo.r, lo.lora_alpha, where, share)
         log.info("%d training examples, %d held out", len(train_enc), len(val_enc))
 
     # 5. Train (evaluating first, so the curve starts at the base model's held-out loss).
@@ -230,19 +233,47 @@ def to_dataset(encoded: list[Encoded]) -> Any:
 # ------------------------------------------------------------------------------------------ trainer
 
 
-def lora_config(cfg: Config) -> Any:
+def lora_config(cfg: Config, model: Any = None) -> Any:
+    """PEFT's LoraConfig for cfg.lora; `model` (the base model) places lora.top_layers."""
     from peft import LoraConfig
 
     lo = cfg.lora
+    targets, layers = lo.target_modules, None
+    blocks = num_blocks(model) if model is not None else None
+    if lo.top_layers is not None and blocks is not None and lo.top_layers < blocks:
+        layers = list(range(blocks - lo.top_layers, blocks))
+        if targets == "all-linear":  # PEFT takes layers_to_transform only with named targets
+            targets = linear_leaf_names(model)
     return LoraConfig(
         r=lo.r,
         lora_alpha=lo.lora_alpha,
         lora_dropout=lo.lora_dropout,
-        target_modules=lo.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         use_rslora=lo.use_rslora,
         use_dora=lo.use_dora,
         bias="none",
         task_type="CAUSAL_LM",
+    )
+
+
+def num_blocks(model: Any) -> int | None:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n = getattr(config, "num_hidden_layers", None)
+    return n if isinstance(n, int) else None
+
+
+def linear_leaf_names(model: Any) -> list[str]:
+    """What `all-linear` means, by name: every linear layer's last name part except the output head's."""
+    from torch import nn
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and m is not head
+        }
     )
 
 
@@ -373,7 +404,7 @@ def build_trainer(
             train_dataset=to_dataset(train_enc),
             eval_dataset=to_dataset(val_enc) if val_enc else None,
             processing_class=tokenizer,
-            peft_config=lora_config(cfg),
+            peft_config=lora_config(cfg, model),
             callbacks=list(cbs.values()),
         )
     trainer.remove_callback(ProgressCallback)  # ProgressBar shows the same bar without printing raw log dicts
@@ -383,7 +414,7 @@ def build_trainer(
 
 def fast_path(cfg: Config, model: Any, device: str) -> None:
     """thinktune's kernels on the PEFT model SFTTrainer built (see thinktune.kernels): the one-pass LM-head loss
-    where train.loss_head picks it, and shared LoRA dropout masks."""
+    where train.loss_head picks it, shared LoRA dropout masks, and one-node LoRA projections (train.lora_kernel)."""
     from thinktune import kernels
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -397,6 +428,9 @@ def fast_path(cfg: Config, model: Any, device: str) -> None:
             )
     if cfg.lora.shared_dropout and cfg.lora.lora_dropout > 0:
         kernels.share_lora_dropout(model)
+    if kernels.use_lora_kernel(cfg.train.lora_kernel, device):
+        n = kernels.fuse_lora_linears(model)
+        log.info("LoRA: %d projections computed as one node each (train.lora_kernel)", n)
 
 
 @contextlib.contextmanager
