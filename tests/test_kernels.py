@@ -283,7 +283,14 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tmp_path, tiny_qw
         assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-5)
         with model.disable_adapter():
             assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5)
-        mixed = model(input_ids=ids, adapter_names=["__base__", "default"]).logits
+        served = []
+        real = kernels._mixed_rows
+        kernels._mixed_rows = lambda *a: served.append(real(*a)) or served[-1]
+        try:  # a mixed batch: one kernel call per projection, no PEFT gather/scatter
+            mixed = model(input_ids=ids, adapter_names=["__base__", "default"]).logits
+        finally:
+            kernels._mixed_rows = real
+        assert len(served) == 7 * model.config.num_hidden_layers and all(y is not None for y in served)
         assert torch.allclose(mixed[0], base[0], atol=1e-5) and torch.allclose(mixed[1], plain[1], atol=1e-5)
         model.merge_adapter()
         assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-4)
@@ -309,3 +316,35 @@ def test_lora_kernel_auto_is_fused_off_cuda():
     assert not kernels.use_lora_kernel("auto", "cuda:0")
     assert kernels.use_lora_kernel("fused", "cuda:0")
     assert not kernels.use_lora_kernel("peft", "cpu")
+
+
+# ------------------------------------------------------------------------------------------ decoding head
+
+
+def test_skinny_head_gives_the_same_logits_and_is_removed_afterwards():
+    torch.manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm_head = nn.Linear(16, 300, bias=False)
+
+        def get_output_embeddings(self) -> nn.Module:
+            return self.lm_head
+
+    model = Tiny()
+    few, many = torch.randn(2, 3, 16), torch.randn(1, kernels.SKINNY_ROWS + 1, 16)
+    want_few, want_many = model.lm_head(few).detach(), model.lm_head(many).detach()
+    with torch.no_grad(), kernels.skinny_head(model):
+        assert "forward" in vars(model.lm_head)
+        assert torch.allclose(model.lm_head(few), want_few, atol=1e-5)
+        assert torch.allclose(model.lm_head(many), want_many, atol=1e-5)
+    assert "forward" not in vars(model.lm_head)
+    with kernels.skinny_head(model):  # with gradients on (training), nn.Linear's own path
+        out = model.lm_head(few)
+        out.sum().backward()
+    assert model.lm_head.weight.grad is not None
+    biased = Tiny()
+    biased.lm_head = nn.Linear(16, 300)
+    with kernels.skinny_head(biased):
+        assert "forward" not in vars(biased.lm_head)

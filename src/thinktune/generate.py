@@ -193,6 +193,8 @@ def generate(
     in one batch (PEFT's mixed-batch inference)."""
     import torch
 
+    from thinktune import kernels
+
     stops = stop_token_ids(tokenizer, eot_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -228,7 +230,7 @@ def generate(
             if sampling:
                 torch.manual_seed(seed + start)
             rows = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
-            with torch.no_grad():
+            with torch.no_grad(), kernels.skinny_head(model):
                 out = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention.to(device),
@@ -326,6 +328,11 @@ class HFGenerator:
         model = self.model
         if kwargs.get("temperature", 0.0) > 0 or not self.has_adapter or not _mixable(model):
             return None
+        from thinktune import kernels
+
+        if kernels.use_lora_kernel("auto", next(model.parameters()).device.type):
+            # a mixed batch without PEFT's per-module gather/scatter: ~25% of each decoded token on a CPU
+            kernels.fuse_lora_linears(model)
         n = len(prompts)
         tuned_name = model.active_adapter
         batch = max(2, kwargs.pop("batch_size", 8))

@@ -26,9 +26,11 @@ way. The arithmetic is PEFT's; only the passes over memory go.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -322,6 +324,10 @@ def _lora_fast_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     adapter, unmerged, no mixed batch, frozen ``nn.Linear`` base, same dtype, no autocast); PEFT's otherwise."""
     base = self.base_layer
     active = self.active_adapters
+    if not args and set(kwargs) == {"adapter_names"} and not torch.is_grad_enabled():
+        mixed = _mixed_rows(self, x, kwargs["adapter_names"])
+        if mixed is not None:
+            return mixed
     if (
         args
         or kwargs
@@ -354,6 +360,37 @@ def _lora_fast_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     )
 
 
+def _mixed_rows(self: Any, x: torch.Tensor, names: Any) -> torch.Tensor | None:
+    """PEFT's mixed batch (row i uses adapter ``names[i]``, ``"__base__"`` none) for one adapter, without its
+    per-module gather and scatter of sub-batches: every row goes through the adapter's rank-r product and a
+    per-row factor (its scaling, or 0) zeroes it for base rows before it is added. None where it does not apply."""
+    base = self.base_layer
+    used = set(names) - {"__base__"}
+    if (
+        len(used) != 1
+        or x.dim() != 3
+        or x.shape[0] != len(names)
+        or self.merged
+        or self.disable_adapters
+        or type(base) is not nn.Linear
+    ):
+        return None
+    (name,) = used
+    if name not in self.lora_A or name in self.lora_variant:
+        return None
+    lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+    if lora_b.bias is not None or not (
+        x.dtype == base.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype
+    ):
+        return None
+    scale = self.scaling[name]
+    rows = torch.tensor([scale if n == name else 0.0 for n in names], dtype=x.dtype, device=x.device)
+    u = (x @ lora_a.weight.t()).mul_(rows.view(-1, 1, 1))  # eval: no dropout
+    y = nn.functional.linear(x, base.weight, base.bias)
+    y.view(-1, y.shape[-1]).addmm_(u.view(-1, u.shape[-1]), lora_b.weight.t())
+    return y
+
+
 def fuse_lora_linears(model: nn.Module) -> int:
     """Give each PEFT ``lora.Linear`` of ``model`` the one-node forward (calls it cannot serve fall back to
     PEFT's own); returns how many were fused."""
@@ -365,3 +402,39 @@ def fuse_lora_linears(model: nn.Module) -> int:
             module.forward = types.MethodType(_lora_fast_forward, module)
             fused += 1
     return fused
+
+
+# ------------------------------------------------------------------------------------------ decoding head
+
+SKINNY_ROWS = 64  # up to this many rows, W @ x^T beats x @ W^T for a large CPU head (measured, 2 cores)
+
+
+@contextlib.contextmanager
+def skinny_head(model: Any) -> Iterator[None]:
+    """While decoding on a CPU, project the few new positions through the output head as ``(W @ x^T)^T``.
+
+    For a 49k x 576 head and 6 rows, MKL takes 41 ms for ``F.linear`` and 17 ms for the transposed product (the
+    same arithmetic in another order); at one row or at training sizes the two are equal. Elsewhere (a GPU, a
+    biased or missing head, many rows) the head is left alone."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if (
+        not isinstance(head, nn.Linear)
+        or head.bias is not None
+        or head.weight.device.type != "cpu"
+        or "forward" in vars(head)
+    ):
+        yield
+        return
+    weight = head.weight
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows > SKINNY_ROWS or x.dtype != weight.dtype or torch.is_grad_enabled():
+            return nn.Linear.forward(head, x)
+        return (weight @ x.reshape(rows, -1).t()).t().reshape(*x.shape[:-1], weight.shape[0])
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
