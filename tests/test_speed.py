@@ -201,7 +201,7 @@ def test_packed_sdpa_generates_like_sdpa(tiny_qwen2_dir):
 
 # ------------------------------------------------------------------------------------------ loss curves
 
-STEPS = 10
+STEPS = 50  # the issue's bar: per-step losses within 1% over the first 50 steps
 
 
 def _losses(tiny_qwen2_dir, tmp_path, *overrides: str) -> list[float]:
@@ -223,7 +223,7 @@ def _losses(tiny_qwen2_dir, tmp_path, *overrides: str) -> list[float]:
     )
     tok = load_tokenizer(cfg.model)
     fmt = Formatter(tok)
-    rows = arithmetic_rows(12)
+    rows = arithmetic_rows(12)  # 4 batches, repeated: a curve that keeps falling over the 50 steps
     enc = [fmt.encode(Example(r["Question"], r["Complex_CoT"], r["Response"])) for r in rows]
     attention = speed.training_attention(cfg.model.attn_implementation, "cpu", cfg.train.padding_free)
     torch.manual_seed(cfg.train.seed)
@@ -259,14 +259,18 @@ OPTIONS = {
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_each_option_keeps_the_per_step_losses(option, baseline, tiny_qwen2_dir, tmp_path):
     losses = _losses(tiny_qwen2_dir, tmp_path, *OPTIONS[option])
-    assert baseline[-1] < baseline[0]  # the comparison is over a curve that moves
+    # the curve falls by more than the tolerance (11.95 -> 11.48 on this tiny 152k-vocabulary model), so an
+    # option that stopped learning would fail the 1% bar
+    assert baseline[-1] < 0.97 * baseline[0]
     for step, (a, b) in enumerate(zip(baseline, losses, strict=True), start=1):
         assert b == pytest.approx(a, rel=0.01), f"{option}: step {step} loss {b} vs {a} without it"
 
 
 def test_shared_dropout_keeps_the_per_step_losses(tiny_qwen2_dir, tmp_path):
     """Shared masks change which noise each projection sees, not how much: the curves with PEFT's own
-    per-projection dropout and with the shared one stay within 1% of each other."""
+    per-projection dropout and with the shared one stay within 1% of each other over 50 steps (measured: 0.95%
+    at most). That is close to the noise of dropout itself: PEFT's own masks drawn with another seed move
+    this curve by up to 0.7%."""
     own, shared = (
         _losses(
             tiny_qwen2_dir,
@@ -277,6 +281,6 @@ def test_shared_dropout_keeps_the_per_step_losses(tiny_qwen2_dir, tmp_path):
         )
         for flag in ("false", "true")
     )
-    assert own[-1] < own[0]
+    assert own[-1] < 0.97 * own[0]
     for step, (a, b) in enumerate(zip(own, shared, strict=True), start=1):
         assert b == pytest.approx(a, rel=0.01), f"step {step}: loss {b} with shared dropout vs {a} without"
