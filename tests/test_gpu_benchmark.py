@@ -4,7 +4,6 @@ mode (the same code on a shrunk R1-Distill-Qwen config, on this CPU) must run en
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ def test_gpu_benchmark_smoke_writes_every_part(tmp_path):
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
