@@ -40,10 +40,10 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinktune import assets
-    from thinktune.data import load_examples
-    from thinktune.formatting import Formatter
-    from thinktune.generate import generate
+    from thinktune.data.load import load_examples
+    from thinktune.formatting.formatter import Formatter
+    from thinktune.infer.generate import generate
+    from thinktune.models import assets
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thinktune import assets, doctor
-from thinktune.config import Config, dump_yaml
-from thinktune.data import Example, load_examples
-from thinktune.formatting import Formatter
+from thinktune.config import Config
+from thinktune.configfile import dump_yaml
+from thinktune.data.load import load_examples
+from thinktune.data.schemas import Example
+from thinktune.formatting import doctor
+from thinktune.formatting.formatter import Formatter
+from thinktune.models import assets
+from thinktune.report.plots import length_histogram
 from thinktune.rundir import save_examples
 from thinktune.utils import write_json
 
@@ -144,7 +148,8 @@ def make_run_dir(
             splits={"train": len(train), "validation": len(val)},
             tokenizer_name=str(tokenizer_dir),
         )
-        doctor.write_report(run, report, encoded, cfg.data.max_length)
+        doctor.write_report(run, report)
+        length_histogram(run / "length_histogram.png", [e.lengths for e in encoded], cfg.data.max_length)
     if with_metrics:
         (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS), encoding="utf-8")
     if with_summary:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from thinktune import assets
-from thinktune.config import Config, dump_yaml
+from thinktune.config import Config
+from thinktune.configfile import dump_yaml
+from thinktune.models import assets
 from thinktune.utils import write_json, write_jsonl
 
 TOKENIZERS = {

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 from hypothesis import strategies as st
 
-from thinktune.data import THINK_CLOSE, THINK_OPEN, LoadResult
+from thinktune.data.load import LoadResult
+from thinktune.data.reasoning import THINK_CLOSE, THINK_OPEN
 
 
 class Hang(Exception):

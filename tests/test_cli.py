@@ -160,7 +160,7 @@ def test_inspect_data_accepts_model_folder_and_flags_beat_overrides(tmp_path, ti
 
 
 def test_inspect_data_reads_the_tokenizer_from_a_gguf_file(tmp_path):
-    from thinktune.assets import smollm2_gguf_path
+    from thinktune.models.assets import smollm2_gguf_path
 
     r = cli(
         "inspect-data",

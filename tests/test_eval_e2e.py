@@ -15,8 +15,9 @@ import pytest
 from _eval_helpers import MCQ_ROWS, make_run_dir, write_mcq
 from _report_helpers import chromium_path, inspect_page
 from conftest import ROOT, cli
-from thinktune import assets
 from thinktune.cli import main
+from thinktune.infer.session import open_run
+from thinktune.models import assets
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -172,9 +173,8 @@ def test_compare_pairs_base_and_tuned(evaluated):
 def test_mixed_batches_give_the_separate_passes_answers(evaluated):
     """compare decodes base and tuned rows in the same batches (PEFT mixed batches): the answers equal those of
     one pass with the adapter off and one with it on; sampling keeps separate, seeded passes."""
-    from thinktune import inference
 
-    session = inference.open_run(evaluated["run"])
+    session = open_run(evaluated["run"])
     prompts = [session.formatter.prompt(e.question, e.system) for e in session.validation_examples(4)]
     decoding = session.decoding()
     pair = session.generator().both(prompts, **{**decoding, "batch_size": 3})  # pairs split across batches

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 import _hypothesis_profile  # noqa: F401  (bounded, derandomized hypothesis settings)
 from _harden_helpers import assert_sane, clean_text, hostile_text, json_values, watchdog
-from thinktune.data import DataError, LoadResult, _RowError, load_examples, split_think
+from thinktune.data.load import LoadResult, load_examples
+from thinktune.data.reasoning import MarkupError, split_think
+from thinktune.errors import DataError
 
 SCHEMA_KEYS = {
     "medical-o1": ("Question", "Complex_CoT", "Response"),
@@ -236,7 +238,7 @@ def test_split_think_returns_or_reports(text):
     with watchdog(30):
         try:
             reasoning, answer = split_think(text, "'output'")
-        except _RowError as e:
+        except MarkupError as e:
             assert str(e)
             return
     assert "</think>" not in reasoning and "</think>" not in answer

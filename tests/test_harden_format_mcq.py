@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 import _hypothesis_profile  # noqa: F401  (bounded, derandomized hypothesis settings)
 from _harden_helpers import HOSTILE_PIECES, hostile_text, json_values, watchdog
-from thinktune.data import Example
-from thinktune.formatting import ExampleError, Formatter, TemplateError
-from thinktune.tasks.mcq import Extraction, MCQError, MCQSet, extract_choice, load_mcq, question_text
+from thinktune.data.schemas import Example
+from thinktune.errors import ExampleError, MCQError, TemplateError
+from thinktune.evals.grading import Extraction, extract_choice
+from thinktune.evals.mcq import MCQSet, load_mcq, question_text
+from thinktune.formatting.formatter import Formatter
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from _train_helpers import (
     write_config,
 )
 from thinktune.rundir import RunDir
-from thinktune.train import train
-from thinktune.trainrun import checkpoint_complete, latest_checkpoint
+from thinktune.train.checkpoints import checkpoint_complete, latest_checkpoint
+from thinktune.train.recipe import train
 
 MAX_STEPS = 30
 
@@ -125,7 +125,7 @@ def test_a_checkpoint_killed_midway_is_ignored_and_removed_on_resume(setup, tmp_
     )
     sections["train"]["save_total_limit"] = 5
     cfg_path = write_config(tmp_path / "cut.yaml", sections)
-    from thinktune.config import load_config
+    from thinktune.configfile import load_config
 
     with single_thread():
         run = train(load_config(cfg_path))

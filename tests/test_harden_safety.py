@@ -14,12 +14,13 @@ import pytest
 
 from _train_helpers import arithmetic_rows, build_tiny_chatml, tiny_sections, write_config, write_rows
 from thinktune import cli
-from thinktune.config import ModelConfig, from_dict
-from thinktune.errors import ThinktuneError
-from thinktune.modeling import ModelLoadError, load_adapter, load_model, load_tokenizer
-from thinktune.preflight import preflight
-from thinktune.report import load_run_files
+from thinktune.config import ModelConfig
+from thinktune.configfile import from_dict
+from thinktune.errors import ModelLoadError, ThinktuneError
+from thinktune.models.loading import load_adapter, load_model, load_tokenizer
+from thinktune.report.files import load_run_files
 from thinktune.rundir import RunDir
+from thinktune.train.preflight import preflight
 from thinktune.utils import append_jsonl, create_run_dir, read_jsonl
 
 
@@ -159,7 +160,7 @@ def test_escaping_run_name_is_refused_by_the_cli_before_training(tiny, tmp_path,
 
 
 def test_eval_result_name_cannot_escape_the_output_folder(tmp_path):
-    from thinktune.evaluate import output_paths
+    from thinktune.evals.evaluate import output_paths
 
     with pytest.raises(ThinktuneError, match="--name"):
         output_paths(tmp_path, "../../etc/x")

@@ -19,11 +19,15 @@ from _train_helpers import (
     tiny_training_setup,
     write_config,
 )
-from thinktune import cli, safety
-from thinktune import train as T
-from thinktune.config import load_config
+from thinktune import cli
+from thinktune.configfile import load_config
+from thinktune.errors import DiskFull, NumericalError
 from thinktune.rundir import RunDir
-from thinktune.trainrun import checkpoint_complete, latest_checkpoint
+from thinktune.train import failures
+from thinktune.train import recipe as T
+from thinktune.train.checkpoints import checkpoint_complete, latest_checkpoint
+from thinktune.train.recipe import train
+from thinktune.train.trainer import build_trainer
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +54,7 @@ def _summary(run: Path) -> dict:
 
 def _with_callback(monkeypatch, callback) -> None:
     """Add `callback` to the Trainer that thinktune.train builds (after thinktune's own)."""
-    real = T.build_trainer
+    real = build_trainer
 
     def build(*args, **kwargs):
         trainer, cbs = real(*args, **kwargs)
@@ -71,8 +75,8 @@ def test_nan_stops_at_the_step_names_causes_and_keeps_the_last_checkpoint(setup,
 
     _with_callback(monkeypatch, PoisonAfterStep5())
     cfg = load_config(_config(setup, tmp_path, "nan", max_steps=8, save_steps=4))
-    with pytest.raises(safety.NumericalError) as err:
-        T.train(cfg)
+    with pytest.raises(NumericalError) as err:
+        train(cfg)
     msg = str(err.value)
     assert "step 6" in msg and "NaN" in msg and "train.learning_rate=0.005" in msg
     run = RunDir(tmp_path / "runs" / "nan")
@@ -89,8 +93,8 @@ def test_huge_learning_rate_is_stopped_before_the_weights_become_nan(setup, tmp_
     cfg = load_config(
         _config(setup, tmp_path, "lr", max_steps=8, learning_rate=1e30, save_steps=2, eval_steps=100)
     )
-    with pytest.raises(safety.NumericalError, match=r"learning rate is too high: train.learning_rate=1e\+30"):
-        T.train(cfg)
+    with pytest.raises(NumericalError, match=r"learning rate is too high: train.learning_rate=1e\+30"):
+        train(cfg)
     summary = _summary(tmp_path / "runs" / "lr")
     assert summary["status"] == "diverged"
     for ckpt in (tmp_path / "runs" / "lr" / "checkpoints").glob("checkpoint-*"):
@@ -99,7 +103,7 @@ def test_huge_learning_rate_is_stopped_before_the_weights_become_nan(setup, tmp_
 
 def _guard(precision: str = "fp32 (CPU)"):
     cfg = SimpleNamespace(train=SimpleNamespace(learning_rate=2e-4))
-    return safety.NonFiniteGuard(cfg, RunDir(Path("/nonexistent-run")), precision)
+    return failures.NonFiniteGuard(cfg, RunDir(Path("/nonexistent-run")), precision)
 
 
 def test_fp16_tolerates_a_few_scaler_skips_then_names_fp16_overflow():
@@ -107,9 +111,9 @@ def test_fp16_tolerates_a_few_scaler_skips_then_names_fp16_overflow():
     layer.weight.grad = torch.full_like(layer.weight, float("inf"))
     guard = _guard("fp16 mixed precision (fp32 adapter weights)")
     args, state = SimpleNamespace(fp16=True), SimpleNamespace(global_step=0)
-    for _ in range(safety.FP16_SKIPS_TOLERATED - 1):
+    for _ in range(failures.FP16_SKIPS_TOLERATED - 1):
         guard.on_pre_optimizer_step(args, state, None, model=layer)  # the gradient scaler's routine skips
-    with pytest.raises(safety.NumericalError, match="fp16 overflow") as err:
+    with pytest.raises(NumericalError, match="fp16 overflow") as err:
         guard.on_pre_optimizer_step(args, state, None, model=layer)
     assert "infinite" in str(err.value) and "model.dtype=float32" in str(err.value)
     layer.weight.grad.zero_()
@@ -119,7 +123,7 @@ def test_fp16_tolerates_a_few_scaler_skips_then_names_fp16_overflow():
 def test_cuda_oom_is_reported_with_the_plan_recommendation_for_the_card(setup, tmp_path, monkeypatch, capsys):
     from transformers import Trainer
 
-    from thinktune import plan
+    from thinktune.plan import recommend as plan
 
     real_step = Trainer.training_step
 
@@ -147,13 +151,13 @@ def test_cuda_oom_is_reported_with_the_plan_recommendation_for_the_card(setup, t
 
 
 def test_oom_on_a_card_the_estimate_fits_points_at_other_processes(setup, monkeypatch):
-    from thinktune import plan
-    from thinktune.config import from_dict
+    from thinktune.configfile import from_dict
+    from thinktune.plan import recommend as plan
 
     _, model, data = setup
     cfg = from_dict(tiny_sections(model, data, Path("/tmp/unused")))
     monkeypatch.setattr(plan, "detected_gpu", lambda: ("NVIDIA H100 80GB HBM3", 80 * 2**30, True))
-    msg = safety.oom_message(cfg, torch.OutOfMemoryError("CUDA out of memory."))
+    msg = failures.oom_message(cfg, torch.OutOfMemoryError("CUDA out of memory."))
     assert "NVIDIA H100" in msg and "other processes" in msg and "thinktune plan" in msg
 
 
@@ -167,8 +171,8 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one_and_resumes(s
 
     monkeypatch.setattr(torch, "save", enospc_at_second_checkpoint)
     cfg = load_config(_config(setup, tmp_path, "full", max_steps=10, save_steps=4, eval_steps=100))
-    with pytest.raises(safety.DiskFull, match="no space left") as err:
-        T.train(cfg)
+    with pytest.raises(DiskFull, match="no space left") as err:
+        train(cfg)
     run = RunDir(tmp_path / "runs" / "full")
     assert "checkpoint-4 is intact" in str(err.value) and f"--resume {run.path}" in str(err.value)
     assert checkpoint_complete(run.checkpoints / "checkpoint-4")
@@ -176,7 +180,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one_and_resumes(s
     assert _summary(run.path)["status"] == "failed"
 
     monkeypatch.setattr(torch, "save", real_save)  # space freed
-    resumed = T.train(run.config(), resume=run.path)
+    resumed = train(run.config(), resume=run.path)
     summary = _summary(resumed.path)
     assert summary["status"] == "completed" and summary["steps"] == 10
     assert (resumed.adapter / "adapter_model.safetensors").is_file()
@@ -185,8 +189,8 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one_and_resumes(s
 
 def test_oom_recommendation_for_a_known_model_on_a_small_card(monkeypatch):
     """Qwen3-8B at 16k tokens on an 8 GB laptop GPU: the message carries plan's overrides that fit."""
-    from thinktune import plan
-    from thinktune.config import from_dict
+    from thinktune.configfile import from_dict
+    from thinktune.plan import recommend as plan
 
     cfg = from_dict(
         {
@@ -196,6 +200,6 @@ def test_oom_recommendation_for_a_known_model_on_a_small_card(monkeypatch):
         }
     )
     monkeypatch.setattr(plan, "detected_gpu", lambda: ("NVIDIA GeForce RTX 4060 Laptop GPU", 8 * 2**30, True))
-    msg = safety.oom_message(cfg, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.31 GiB"))
+    msg = failures.oom_message(cfg, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.31 GiB"))
     assert "RTX 4060 Laptop GPU (8.0 GB)" in msg and "try: model.load_in_4bit=true" in msg
     assert "train.per_device_train_batch_size=1" in msg and "`thinktune plan`" in msg

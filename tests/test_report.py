@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 from _eval_helpers import METRICS
-from thinktune.config import Config, dump_yaml
-from thinktune.report import build_html, load_run_files, loss_plot, write_report
+from thinktune.config import Config
+from thinktune.configfile import dump_yaml
+from thinktune.report.files import load_run_files
+from thinktune.report.html import build_html, write_report
+from thinktune.report.plots import loss_plot
 
 
 def _side(reasoning: str, answer: str, **kw) -> dict:
