@@ -404,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "thinktune": lambda: arm_thinktune(
             tcfg,
-            fresh(resolve_attention(tcfg.model.attn_implementation, device, padding_free=tcfg.train.padding_free)),
+            fresh(
+                resolve_attention(
+                    tcfg.model.attn_implementation, device, padding_free=tcfg.train.padding_free
+                )
+            ),
             tok,
             encoded,
             str(work / "thinktune"),
@@ -412,7 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "thinktune-no-dropout": lambda: arm_thinktune(
             tcfg0,
-            fresh(resolve_attention(tcfg0.model.attn_implementation, device, padding_free=tcfg0.train.padding_free)),
+            fresh(
+                resolve_attention(
+                    tcfg0.model.attn_implementation, device, padding_free=tcfg0.train.padding_free
+                )
+            ),
             tok,
             encoded,
             str(work / "thinktune0"),
@@ -421,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         "thinktune-peft-lora": lambda: arm_thinktune(
             tcfg_peft,
             fresh(
-                resolve_attention(tcfg_peft.model.attn_implementation, device, padding_free=tcfg_peft.train.padding_free)
+                resolve_attention(
+                    tcfg_peft.model.attn_implementation, device, padding_free=tcfg_peft.train.padding_free
+                )
             ),
             tok,
             encoded,

@@ -364,9 +364,7 @@ def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
         merge.plan_export(qwen2_run, "merged", qwen2_run / "export" / "taken")
 
     qwen3 = make_run(tmp_path / "q3", arch="qwen3", tokenizer=small_tok, results=False)
-    with pytest.raises(
-        GGUFExportError, match="supports the llama, qwen2 architectures; .* 'qwen3'"
-    ):
+    with pytest.raises(GGUFExportError, match="supports the llama, qwen2 architectures; .* 'qwen3'"):
         merge.plan_export(qwen3, "gguf")
     assert not (qwen3 / "export").exists()
 

@@ -42,9 +42,7 @@ def test_health_metrics_known_values():
             "What causes scurvy?",
             gen("Vitamin C is needed for collagen.", "Vitamin C deficiency.", rt=10, at=4),
         ),
-        measure(
-            "坏血病的原因是什么？", gen("维生素C缺乏。", "维生素C缺乏导致坏血病。", rt=20, at=8)
-        ),
+        measure("坏血病的原因是什么？", gen("维生素C缺乏。", "维生素C缺乏导致坏血病。", rt=20, at=8)),
         measure(
             "坏血病的原因是什么？", gen("Vitamin C.", "It is vitamin C deficiency.", rt=30, at=6)
         ),  # English out

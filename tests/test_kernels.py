@@ -56,7 +56,9 @@ def test_onepass_logprob_matches_log_softmax_values_and_gradient():
 def test_onepass_logprob_without_grad_and_without_tokens():
     weight = torch.randn(50, 8)
     with torch.no_grad():
-        logp, _, _ = loss_head.OnePassLogProb.apply(torch.randn(5, 8), weight, torch.zeros(5, dtype=torch.long))
+        logp, _, _ = loss_head.OnePassLogProb.apply(
+            torch.randn(5, 8), weight, torch.zeros(5, dtype=torch.long)
+        )
     assert logp.shape == (5,) and bool((logp <= 0).all())
     empty = torch.zeros(0, 8, requires_grad=True)
     logp, entropy, top1 = loss_head.OnePassLogProb.apply(empty, weight, torch.zeros(0, dtype=torch.long))

@@ -102,7 +102,9 @@ def cycles(graph: dict[str, set[str]]) -> list[str]:
 
 def test_every_layer_is_named():
     unknown = {layer_of(m) for m in import_graph()} - set(LAYERS)
-    assert not unknown, f"modules outside the layer list {LAYERS}: add them to LAYERS and docs/architecture.md"
+    assert not unknown, (
+        f"modules outside the layer list {LAYERS}: add them to LAYERS and docs/architecture.md"
+    )
 
 
 def test_no_module_imports_a_layer_above_it():

@@ -23,7 +23,9 @@ def _artefacts(fmt: Formatter):
         "eot_id": fmt.eot_id,
         "add_bos": bos,
     }
-    mf = ollama.modelfile(fmt, source=".", runtime_adds_bos=bos, stops=[fmt.eot], parameters={"temperature": 0.6})
+    mf = ollama.modelfile(
+        fmt, source=".", runtime_adds_bos=bos, stops=[fmt.eot], parameters={"temperature": 0.6}
+    )
     return gguf, mf, bos
 
 
@@ -32,7 +34,9 @@ def _artefacts(fmt: Formatter):
 def test_all_sources_render_the_training_prompt(request, tokenizer_fixture, system_prompt):
     fmt = Formatter(request.getfixturevalue(tokenizer_fixture), system_prompt=system_prompt)
     gguf, mf, bos = _artefacts(fmt)
-    result = templatecheck.check(fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos, generation_eos_ids=[fmt.eot_id])
+    result = templatecheck.check(
+        fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos, generation_eos_ids=[fmt.eot_id]
+    )
     assert result.ok, result.summary()
     assert len(result.sources) == 4
     assert result.cases >= len(templatecheck.SAMPLE_CONVERSATIONS)
@@ -47,7 +51,9 @@ def test_qwen3_thinking_switch_is_checked_both_ways(qwen3_tokenizer):
     gguf, mf, bos = _artefacts(fmt)
     result = templatecheck.check(fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos)
     assert result.ok, result.summary()
-    assert result.cases == 2 * len(templatecheck.SAMPLE_CONVERSATIONS)  # default (thinking on) and thinking off
+    assert result.cases == 2 * len(
+        templatecheck.SAMPLE_CONVERSATIONS
+    )  # default (thinking on) and thinking off
     template = ollama.parse_modelfile(mf)["template"]
     conv = [{"role": "user", "content": "你好"}]
     off = ollama.render_ollama(template, conv, default_system=None, think=False)

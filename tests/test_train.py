@@ -185,9 +185,7 @@ def qwen2_trainers(tiny_qwen2_dir, tmp_path_factory):
             for name, param in model.named_parameters():
                 if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
                     param.mul_(8)
-        trainer, _ = build_trainer(
-            cfg, model, tok, enc, [], RunDir(tmp), device="cpu", precision=FP32
-        )
+        trainer, _ = build_trainer(cfg, model, tok, enc, [], RunDir(tmp), device="cpu", precision=FP32)
         trainer.model.eval()
         out[padding_free] = (trainer, fmt, enc)
     return out

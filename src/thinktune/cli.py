@@ -52,7 +52,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         epilog="Start with `thinktune demo` (offline, CPU). Each command has --help with an example.",
     )
     parser.add_argument("--version", action="version", version=f"thinktune {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (before or after COMMAND)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging (before or after COMMAND)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers = {}
     for add in COMMANDS:

@@ -204,7 +204,9 @@ def recipe_path(name: str) -> Path:
 
 def recipe_summary(path: Path) -> tuple[str, str]:
     """(the command the recipe is run with, its one-line description): the first two comment lines."""
-    lines = [line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines()[:2] if line.startswith("#")]
+    lines = [
+        line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines()[:2] if line.startswith("#")
+    ]
     return (lines[0] if lines else ""), (lines[1] if len(lines) > 1 else "")
 
 

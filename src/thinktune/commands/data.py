@@ -97,7 +97,9 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
         tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path,
     )
     path = doctor.write_report(out, report)
-    length_histogram(out / "length_histogram.png", [e.lengths for e in encoded], d.max_length, title=loaded.source)
+    length_histogram(
+        out / "length_histogram.png", [e.lengths for e in encoded], d.max_length, title=loaded.source
+    )
     doctor.print_summary(report)
     print(f"\nwrote {path} and {out / 'length_histogram.png'}")
     return 0

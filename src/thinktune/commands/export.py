@@ -53,7 +53,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
     run_dir, config, overrides = split_target(args.args)
     if not run_dir or config:
-        raise UsageError("give a run folder (thinktune export runs/NAME --format ...) and section.key=value overrides")
+        raise UsageError(
+            "give a run folder (thinktune export runs/NAME --format ...) and section.key=value overrides"
+        )
     plan = merge.plan_export(
         run_dir, args.format, args.out, gguf_type=args.gguf_type, dtype=args.dtype, overrides=overrides
     )

@@ -25,7 +25,9 @@ def add_recipes(sub) -> Callable:
     add_verbose(p)
     p.add_argument("action", nargs="?", choices=["list", "show", "copy"], default="list")
     p.add_argument("name", nargs="?", metavar="NAME", help="a recipe name (show, copy)")
-    p.add_argument("dest", nargs="?", metavar="DEST", help="copy: the file or folder to write (default ./NAME.yaml)")
+    p.add_argument(
+        "dest", nargs="?", metavar="DEST", help="copy: the file or folder to write (default ./NAME.yaml)"
+    )
     return _run_recipes
 
 

@@ -31,6 +31,7 @@ from thinktune.utils import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
+
 def questions(session: Session, benchmarks: list[str], limit: int | None) -> list[Question]:
     """The benchmark questions, or else the run's held-out questions, in a fixed order."""
     if benchmarks:

@@ -122,10 +122,14 @@ def heldout_loss(
 # ------------------------------------------------------------------------------------------ questions
 
 
-def answer_questions(session: Session, questions: list[Question], *, adapter: bool, label: str) -> list[EvalRecord]:
+def answer_questions(
+    session: Session, questions: list[Question], *, adapter: bool, label: str
+) -> list[EvalRecord]:
     """Generate an answer to every question (through the run's formatter) and measure and grade each."""
     fmt = session.formatter
-    gens = session.generate([fmt.prompt(q.message, q.system) for q in questions], adapter=adapter, label=label)
+    gens = session.generate(
+        [fmt.prompt(q.message, q.system) for q in questions], adapter=adapter, label=label
+    )
     tokenize = tokenizer_fn(session.tokenizer)
     return [record(q, gen, tokenize) for q, gen in zip(questions, gens, strict=True)]
 

@@ -239,7 +239,12 @@ def score_set(mcq: MCQSet, grades: Sequence[Grade]) -> dict[str, Any]:
     """A benchmark's :func:`accuracy` next to the constant-letter and random baselines over the same questions."""
     scored = [(it, g) for it, g in zip(mcq.items, grades, strict=True) if it.answer is not None]
     n = len(scored)
-    acc = accuracy([g for _, g in scored]) or {"correct": 0, "accuracy": None, "ci95": [0.0, 1.0], "unparseable": 0}
+    acc = accuracy([g for _, g in scored]) or {
+        "correct": 0,
+        "accuracy": None,
+        "ci95": [0.0, 1.0],
+        "unparseable": 0,
+    }
     parsed = n - acc["unparseable"]
     constant = mcq.constant_letter
     const_correct = sum(it.answer == constant for it, _ in scored)

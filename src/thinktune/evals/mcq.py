@@ -175,7 +175,8 @@ def load_mcq(path: str | Path, limit: int | None = None) -> MCQSet:
         raise MCQError(f"{p} has no questions; {FORMAT_HINT}")
     name = p.stem if p.stem not in ("test", "test_hard", "validation", "dev") else f"{p.parent.name}/{p.stem}"
     items = [
-        replace(it, set=name, index=i, reference=it.options.get(it.answer or "")) for i, it in enumerate(items)
+        replace(it, set=name, index=i, reference=it.options.get(it.answer or ""))
+        for i, it in enumerate(items)
     ]
     return MCQSet(name, str(p), items, rows, dict(counts))
 
@@ -199,6 +200,7 @@ def question_text(item: Question, language: str | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ grading
+
 
 def load_questions(benchmarks: Sequence[str], limit: int | None) -> list[MCQSet]:
     """Read every benchmark before any model is loaded, so a bad file fails in a second, not after an hour."""

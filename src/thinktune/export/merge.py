@@ -73,7 +73,9 @@ def plan_export(
         raise ExportError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     if fmt == "gguf" and gguf_type not in gguf_export.GGUF_TYPES:
         raise ExportError(f"--gguf-type {gguf_type!r}: choose one of {', '.join(gguf_export.GGUF_TYPES)}")
-    session = open_run(run_dir, overrides)  # the run's config, trained tokenizer and template; refuses a run without adapter
+    session = open_run(
+        run_dir, overrides
+    )  # the run's config, trained tokenizer and template; refuses a run without adapter
     run = session.run
     target = Path(out) if out else run.path / "export" / (fmt if fmt != "gguf" else f"gguf-{gguf_type}")
     if target.exists():
@@ -90,7 +92,9 @@ def plan_export(
     if fmt == "gguf":
         arch = gguf_export.check_supported(_base_config(cfg.model))
         gguf_export.pre_tokenizer_name(tokenizer)
-    plan = ExportPlan(run, cfg, fmt, target, gguf_type, dtype, tokenizer, formatter, cfg.model.name_or_path, arch)
+    plan = ExportPlan(
+        run, cfg, fmt, target, gguf_type, dtype, tokenizer, formatter, cfg.model.name_or_path, arch
+    )
     # The prompts the export will produce, checked on the would-be artefacts before any weights load.
     pre = check_plan(plan)
     if not pre.ok:
@@ -141,9 +145,7 @@ def check_plan(plan: ExportPlan) -> CheckResult:
             "add_bos": bos,
         }
     if plan.format in ("ollama", "gguf"):
-        mf = modelfile(
-            fmt, source=".", runtime_adds_bos=bos, stops=stop_tokens(fmt)[0], parameters={}
-        )
+        mf = modelfile(fmt, source=".", runtime_adds_bos=bos, stops=stop_tokens(fmt)[0], parameters={})
     return check(
         fmt, conversations=run_conversations(plan.run), gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos
     )
@@ -243,9 +245,7 @@ def _write(plan: ExportPlan, model: Any, out: Path) -> dict[str, Any]:
             name=f"{run.path.name} ({plan.base} + LoRA)",
         )
         params = ollama_parameters(fmt, plan.cfg, context)
-        mf = modelfile(
-            fmt, source=f"./{name}", runtime_adds_bos=bos, stops=stops, parameters=params
-        )
+        mf = modelfile(fmt, source=f"./{name}", runtime_adds_bos=bos, stops=stops, parameters=params)
         atomic_write_text(out / "Modelfile", mf)
     atomic_write_text(out / "README.md", model_card(run, plan.format, info, sampling_source, plan.out))
     return info
@@ -282,5 +282,3 @@ def save_tokenizer(tok: Any, out: Path, *, adds_bos: bool) -> None:
     cfg["add_bos_token"] = adds_bos
     cfg.setdefault("add_eos_token", False)
     atomic_write_text(cfg_path, json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
-
-

@@ -34,7 +34,6 @@ from thinktune.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-
 SAMPLE_CONVERSATIONS = (
     Conversation("single turn", (), "What is 2 + 2?"),
     Conversation("single turn, system prompt", (), "Name a vitamin.", "You are a careful physician."),
@@ -256,9 +255,7 @@ def run_conversations(run: RunDir) -> list[Conversation]:
     convs = list(SAMPLE_CONVERSATIONS)
     if run.validation_data.is_file():
         for i, ex in enumerate(run.examples("validation")[:2]):
-            convs.append(
-                Conversation(f"validation example {i + 1}", (), ex.question, ex.system)
-            )
+            convs.append(Conversation(f"validation example {i + 1}", (), ex.question, ex.system))
     return convs
 
 
@@ -339,9 +336,7 @@ def check_run(run_dir: str | Path, exports: list[str | Path] | None = None) -> l
             "eot_id": fmt.eot_id,
             "add_bos": bos,
         }
-        mf = modelfile(
-            fmt, source=".", runtime_adds_bos=bos, stops=stop_tokens(fmt)[0], parameters={}
-        )
+        mf = modelfile(fmt, source=".", runtime_adds_bos=bos, stops=stop_tokens(fmt)[0], parameters={})
     results.append(
         (
             f"{run.path} (run tokenizer; template as a GGUF would embed it; the Modelfile export would write)",

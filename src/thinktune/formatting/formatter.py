@@ -228,7 +228,10 @@ class Formatter:
     def recommended_sampling(self) -> tuple[dict[str, Any], str] | None:
         """The sampling the model family's authors recommend, and where that comes from (None: no advice)."""
         if self.family == STRIPS_REASONING:
-            return {"temperature": 0.6, "top_p": 0.95}, "DeepSeek-R1 recommendation (temperature 0.6, top_p 0.95)"
+            return {
+                "temperature": 0.6,
+                "top_p": 0.95,
+            }, "DeepSeek-R1 recommendation (temperature 0.6, top_p 0.95)"
         if self.family == REASONING_FIELD:
             if self._template_kwargs.get("enable_thinking", True):
                 return {"temperature": 0.6, "top_p": 0.95, "top_k": 20}, "Qwen3 thinking-mode recommendation"

@@ -322,5 +322,3 @@ class HFGenerator:
 
     def close(self) -> None:
         self.model = None
-
-

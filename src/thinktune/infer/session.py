@@ -188,10 +188,14 @@ def open_run(
     overrides = list(overrides or [])
     check_run_overrides(overrides)
     cfg = validate(load_config(run.config_file, overrides), need_data=False)
-    pick_backend(cfg.generation.backend, load_in_4bit=cfg.model.load_in_4bit)  # an impossible request fails now
+    pick_backend(
+        cfg.generation.backend, load_in_4bit=cfg.model.load_in_4bit
+    )  # an impossible request fails now
     adapter_dir = run.require_adapter() if adapter else None
     tok = run_tokenizer(run, load_config(run.config_file))
-    return Session(cfg, tok, Formatter.from_config(tok, cfg.data), cfg.model.name_or_path, adapter_dir, run, device)
+    return Session(
+        cfg, tok, Formatter.from_config(tok, cfg.data), cfg.model.name_or_path, adapter_dir, run, device
+    )
 
 
 def open_model(
@@ -215,7 +219,9 @@ def open_model(
             cfg.model.tokenizer = str(adapter_dir)
             cfg.model.chat_template = None
     tok = load_tokenizer(cfg.model)
-    return Session(cfg, tok, Formatter.from_config(tok, cfg.data), cfg.model.name_or_path, adapter_dir, None, device)
+    return Session(
+        cfg, tok, Formatter.from_config(tok, cfg.data), cfg.model.name_or_path, adapter_dir, None, device
+    )
 
 
 def load_inference_model(cfg: Config, adapter_dir: Path | None, device: str | None = None) -> Any:

@@ -200,6 +200,3 @@ def load_adapter(
         raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json).")
     check_weights_format(str(path), allow_pickle)
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-
-
-

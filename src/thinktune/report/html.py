@@ -20,9 +20,9 @@ from typing import Any
 
 from thinktune.evals.health import HEALTH_ROWS, fmt_value, health_metrics, lookup
 from thinktune.evals.records import Output
+from thinktune.report.files import load_run_files
 from thinktune.report.plots import accuracy_plot, is_number, length_plot, loss_plot, png_uri
 from thinktune.utils import atomic_write_text
-from thinktune.report.files import load_run_files
 
 log = logging.getLogger(__name__)
 

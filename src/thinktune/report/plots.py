@@ -61,6 +61,7 @@ def _render(draw: Callable[[Any], Any], size: tuple[float, float] = (9, 3.6)) ->
 
 def loss_series(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
     """(step, value) points of the train and eval loss in metrics.jsonl records."""
+
     def points(key: str) -> list[tuple[float, float]]:
         return [(r["step"], r[key]) for r in records if is_number(r.get(key)) and is_number(r.get("step"))]
 
@@ -75,7 +76,9 @@ def draw_loss(ax: Any, records: list[dict[str, Any]], *, annotate: bool = True) 
     if train:
         ax.plot(*zip(*train, strict=True), color=TRAIN_COLOR, label="train loss", linewidth=1.4)
     if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", color=EVAL_COLOR, label="eval loss (held out)", linewidth=1.6)
+        ax.plot(
+            *zip(*evals, strict=True), "o-", color=EVAL_COLOR, label="eval loss (held out)", linewidth=1.6
+        )
         first, last = evals[0][1], evals[-1][1]
         if annotate and len(evals) > 1 and first > 0:
             ax.annotate(

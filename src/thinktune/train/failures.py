@@ -174,5 +174,3 @@ def explain_failure(e: BaseException, cfg: Config, run: RunDir) -> tuple[str, Tr
 
 
 # ------------------------------------------------------------------------------------------ adapter
-
-

@@ -197,7 +197,6 @@ def build_trainer(
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
-
     supervised = 0
     if checkpoint is not None:
         state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
