@@ -27,11 +27,16 @@ def new_run(cfg: Config, dist: Any) -> RunDir:
     holder = [None]
     if dist.is_main_process:
         path = create_run_dir(cfg.train.output_dir, cfg.train.run_name, stem)
-        atomic_write_text(path / "config.yaml", dump_yaml(cfg))
+        write_config(RunDir(path), cfg)
         holder = [str(path)]
     if dist.num_processes > 1:
         broadcast_object_list(holder)
     return RunDir(Path(holder[0]))
+
+
+def write_config(run: RunDir, cfg: Config) -> None:
+    """config.yaml: the resolved configuration, which every later command reads back."""
+    atomic_write_text(run.config_file, dump_yaml(cfg))
 
 
 def reopen(cfg: Config, resume: str | Path, *, main: bool = True) -> tuple[RunDir, str]:
