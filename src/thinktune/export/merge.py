@@ -6,7 +6,7 @@
 
 The base model is reloaded in 16-bit (also for QLoRA runs: an adapter is never merged into a 4-bit model), the
 adapter merged into it, and everything is written into a temporary sibling folder that is renamed into place
-only after the template round trip (:mod:`thinktune.templatecheck`) passed on the written files. Requests that
+only after the template round trip (:mod:`thinktune.export.templatecheck`) passed on the written files. Requests that
 cannot work are refused before any weights load; an existing output folder is never overwritten.
 """
 

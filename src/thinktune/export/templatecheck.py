@@ -2,11 +2,11 @@
 
 For sample conversations (single and multi-turn, with reasoning, Chinese text) the generation prompt is rendered
 
-- by training's :class:`~thinktune.formatting.Formatter` (the reference),
+- by training's :class:`~thinktune.formatting.formatter.Formatter` (the reference),
 - by ``tokenizer.apply_chat_template(..., add_generation_prompt=True)`` on the (exported) tokenizer,
 - by the chat template embedded in a GGUF file, rendered with jinja2 the way transformers and llama.cpp do
   (with the runtime's BOS rule: a BOS the tokenizer adds is not written twice),
-- by an Ollama Modelfile's ``TEMPLATE``, rendered with Go-template semantics (:mod:`thinktune.gotemplate`) on the
+- by an Ollama Modelfile's ``TEMPLATE``, rendered with Go-template semantics (:mod:`thinktune.export.gotemplate`) on the
   values Ollama passes (``.System``, ``.Messages`` with ``.Role/.Content/.Thinking``, ``.Think``, ``.IsThinkSet``),
 
 and every one must equal the reference; the stop tokens of each must contain the Formatter's end-of-turn token.

@@ -1,7 +1,7 @@
 """The memory model behind `thinktune plan`: peak training memory of a LoRA/QLoRA step, by component.
 
-Everything is computed from a model's config.json shapes (:class:`thinktune.model_specs.Arch`) and a
-:class:`Setup`; nothing is loaded. :mod:`thinktune.plan` builds on it (recommendations, the train-side check).
+Everything is computed from a model's config.json shapes (:class:`thinktune.plan.arch.Arch`) and a
+:class:`Setup`; nothing is loaded. :mod:`thinktune.plan.recommend` builds on it (recommendations, the train-side check).
 
 What is counted, per component (bytes):
 

@@ -1,6 +1,6 @@
 """`thinktune plan`: measure the data's lengths, estimate memory, recommend settings, print them.
 
-The memory model lives in :mod:`thinktune.plan`; this module gathers the inputs (config, model shapes, token
+The memory model lives in :mod:`thinktune.plan.memory`; this module gathers the inputs (config, model shapes, token
 lengths of the data through the one formatter) and renders the per-component table and the recommendation as
 config overrides a user can paste.
 """

@@ -11,14 +11,14 @@ model + LoRA -> TRL SFTTrainer -> train -> save. What it does differently from t
   only the completion (reasoning, answer, end-of-turn token) is trained, padding never is (labels come from the
   completion mask, not from the pad id, which may equal the end-of-turn token).
 - Padding-free batches: examples are concatenated with position ids restarting at 0; each example attends only
-  to itself (flash-attention's varlen kernel, or thinktune's packed SDPA, :mod:`thinktune.speed`), so no compute
+  to itself (flash-attention's varlen kernel, or thinktune's packed SDPA, :mod:`thinktune.models.attention`), so no compute
   is spent on padding or on attention across examples.
 - The memory plan runs against the detected GPU before any weights load; gradient checkpointing ``auto`` is on
-  only when the plan needs it; QLoRA loads a 4-bit NF4 base (:mod:`thinktune.modeling`).
+  only when the plan needs it; QLoRA loads a 4-bit NF4 base (:mod:`thinktune.models.qlora`).
 - Every example fits ``max_length`` before training (the data doctor's policy); nothing is truncated later.
 - bf16 where the GPU supports it, fp16 autocast with fp32 adapter weights where it does not, fp32 on CPU.
 
-Behaviour is added with TrainerCallbacks (:mod:`thinktune.callbacks`), never by subclassing the Trainer.
+Behaviour is added with TrainerCallbacks (:mod:`thinktune.train.callbacks`), never by subclassing the Trainer.
 Under ``accelerate launch`` every process runs this function; only the main process writes the run folder.
 """
 

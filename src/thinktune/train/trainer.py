@@ -239,7 +239,7 @@ def build_trainer(
 
 
 def fast_path(cfg: Config, model: Any, device: str) -> None:
-    """thinktune's kernels on the PEFT model SFTTrainer built (see thinktune.kernels): the one-pass LM-head loss
+    """thinktune's kernels on the PEFT model SFTTrainer built (see thinktune.models.fastpath): the one-pass LM-head loss
     where train.loss_head picks it, shared LoRA dropout masks, and one-node LoRA projections (train.lora_kernel)."""
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
