@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import _hypothesis_profile  # noqa: F401  (bounded, derandomized hypothesis settings)
-from _harden_helpers import HOSTILE_PIECES, hostile_text, json_values, watchdog
+from _hostile import HOSTILE_PIECES, hostile_text, json_values, watchdog
 from thinktune.data.schemas import Example
 from thinktune.errors import ExampleError, MCQError, TemplateError
 from thinktune.evals.grading import Extraction, extract_choice
