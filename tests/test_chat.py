@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _export_helpers import make_run
+from _runs import make_run
 from conftest import ROOT, cli
 from thinktune.config import Config
 from thinktune.data.reasoning import ReasoningSplitter
