@@ -20,6 +20,9 @@ from thinktune.infer.session import open_run
 
 ARTIFACTS = ROOT / "test-artifacts"
 
+# the module's run folder goes through `thinktune report` in a subprocess (and the page through Chromium)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):

@@ -354,6 +354,7 @@ def test_gguf_full_vocabulary_round_trips(llama_run, qwen2_run):
 # ------------------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.slow
 def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
     with pytest.raises(
         ExportError, match="unknown export format 'onnx'; choose one of: merged, ollama, gguf"
@@ -396,6 +397,7 @@ def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
     assert r.returncode == 2 and "invalid choice: 'onnx'" in r.stderr
 
 
+@pytest.mark.slow
 def test_check_template_cli_reports_a_tampered_export_with_a_diff(llama_small_run, capsys):
     out = llama_small_run.parent / "ollama-tampered"
     merge.export(merge.plan_export(llama_small_run, "ollama", out, dtype="float32"))

@@ -82,6 +82,7 @@ def test_hygiene_plugin_sees_leftover_temporaries(tmp_path):
         p.rmdir() if p.is_dir() else p.unlink()
 
 
+@pytest.mark.slow
 def test_hygiene_plugin_sees_a_leaked_child_process():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
