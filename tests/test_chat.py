@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _export_helpers import make_run
+from _runs import make_run
 from conftest import ROOT, cli
 from thinktune.config import Config
 from thinktune.data.reasoning import ReasoningSplitter
@@ -121,11 +121,13 @@ def test_prompt_and_stdin_modes_print_reasoning_and_answer_separately(think_run,
     assert capsys.readouterr().out.startswith("=== answer ===\n")
 
 
+@pytest.mark.slow
 def test_refuses_run_and_model_together(think_run):
     r = cli("chat", str(think_run), "--model", "x", "--prompt", "hi")
     assert r.returncode == 2 and "either a run folder" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_interactive_chat_in_a_pseudo_terminal(think_run):
     import pexpect
 

@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DEMO_DATA, cli, needs_shared
+
+pytestmark = pytest.mark.slow  # every test runs `python -m thinktune` (or python -c) in a subprocess
 
 
 def test_help_imports_no_heavy_library():

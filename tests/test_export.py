@@ -1,5 +1,5 @@
 """`thinktune export`: merge parity, generation config and model card, the Ollama Modelfile, GGUF write -> read ->
-logits parity, and every refusal. Run folders are made without training (tests/_export_helpers.py)."""
+logits parity, and every refusal. Run folders are made without training (tests/_runs.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _export_helpers import make_run, read_json, small_tokenizer
+from _runs import make_run, read_json, small_tokenizer
 from conftest import cli
 from thinktune.errors import ExportError, GGUFExportError, RunDirError
 from thinktune.export import gguf, merge, ollama
@@ -116,19 +116,31 @@ def test_generation_config_and_model_card(qwen2_run, llama_run):
     )  # DeepSeek-R1 recommendation
     card = (r1 / "README.md").read_text(encoding="utf-8")
     base = RunDir.open(qwen2_run).config().model.name_or_path
+    tuned = read_json(qwen2_run / "eval_tuned.json")  # written by a real `thinktune eval` of the run
     for expected in (
         base,
         "strips_reasoning",
         "`sample`",
         "2.5000 -> 1.5000",
-        "eval_tuned.accuracy",
-        "0.42",
+        "| `eval_tuned.variant` |",  # a row from eval_tuned.json ...
+        f"| {tuned['variant']} |",  # ... with its value
         "vllm serve",
     ):
         assert expected in card, expected
     smol = merged_fp32(llama_run)
     assert read_json(smol / "generation_config.json")["do_sample"] is False  # the run's own (greedy) settings
     assert "你是医生。" in (smol / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the model card reads eval_*.json two levels deep and keeps 40 rows: a real evaluation's held-out loss "
+    "(heldout_loss.completion.loss) and benchmark accuracy (benchmarks.NAME.accuracy) never reach it",
+)
+def test_model_card_reports_the_evaluation_numbers(qwen2_run):
+    card = (merged_fp32(qwen2_run) / "README.md").read_text(encoding="utf-8")
+    loss = read_json(qwen2_run / "eval_tuned.json")["heldout_loss"]["completion"]["loss"]
+    assert f"{loss:.4f}" in card or str(round(loss, 4)) in card
 
 
 def test_sampling_defaults_per_family(qwen3_tokenizer, qwen2_run):
@@ -342,6 +354,7 @@ def test_gguf_full_vocabulary_round_trips(llama_run, qwen2_run):
 # ------------------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.slow
 def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
     with pytest.raises(
         ExportError, match="unknown export format 'onnx'; choose one of: merged, ollama, gguf"
@@ -384,6 +397,7 @@ def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
     assert r.returncode == 2 and "invalid choice: 'onnx'" in r.stderr
 
 
+@pytest.mark.slow
 def test_check_template_cli_reports_a_tampered_export_with_a_diff(llama_small_run, capsys):
     out = llama_small_run.parent / "ollama-tampered"
     merge.export(merge.plan_export(llama_small_run, "ollama", out, dtype="float32"))

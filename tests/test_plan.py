@@ -215,6 +215,7 @@ def test_saved_activations_match_autograd(family, precision, dropout, targets, r
 # ------------------------------------------------------------------------------------------ measured peaks
 
 
+@pytest.mark.slow
 def test_estimate_matches_measured_cpu_peak():
     """End to end: real LoRA training steps (fp32, CPU, a fresh process), peak read from the allocator's running
     total. 10% is the defended tolerance: tensors are counted exactly (the test above); what remains is the
@@ -238,6 +239,7 @@ def test_estimate_matches_measured_cpu_peak():
     assert [r["estimate_phase"] for r in rows] == ["loss", "loss", "layer recompute"]
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_on_cpu(tmp_path):
     """benchmarks/plan_gpu_check.py is run once on a GPU by hand; --tiny proves it works end to end here."""
     out = subprocess.run(
@@ -392,6 +394,7 @@ def test_setup_follows_the_config():
 # ------------------------------------------------------------------------------------------ CLI
 
 
+@pytest.mark.slow
 def test_cli_plan_prints_table_and_overrides():
     out = cli("plan", "--model", R1_15B, "--vram", "8GB")
     assert out.returncode == 0, out.stderr
@@ -400,6 +403,7 @@ def test_cli_plan_prints_table_and_overrides():
     assert "train.per_device_train_batch_size=" in out.stdout and "data.max_length=" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_plan_json_and_qlora():
     out = cli("plan", "--model", R1_7B, "--vram", "8GB", "--qlora", "--batch", "1", "--json")
     assert out.returncode == 0, out.stderr
@@ -413,16 +417,19 @@ def test_cli_plan_json_and_qlora():
     assert data["arch"]["vocab_size"] == 152064
 
 
+@pytest.mark.slow
 def test_cli_plan_without_budget_or_gpu_is_a_usage_error():
     out = cli("plan", "--model", R1_15B)
     assert out.returncode == 2 and "--vram 8GB" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_plan_nothing_fits_exits_1():
     out = cli("plan", "--model", R1_14B, "--vram", "2GB")
     assert out.returncode == 1 and "nothing tried fits" in out.stdout
 
 
+@pytest.mark.slow
 @needs_shared(DEMO_DATA)
 def test_cli_plan_measures_data_with_a_stand_in_tokenizer():
     out = cli("plan", "--model", R1_15B, "--vram", "8GB", "--data", str(DEMO_DATA))
@@ -431,6 +438,7 @@ def test_cli_plan_measures_data_with_a_stand_in_tokenizer():
     assert "p99" in out.stdout and "of the examples whole" in out.stdout
 
 
+@pytest.mark.slow
 def test_model_specs_module_has_no_heavy_imports():
     code = "import sys, thinktune.plan.recommend, thinktune.plan.arch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

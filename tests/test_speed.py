@@ -270,6 +270,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_each_option_keeps_the_per_step_losses(option, baseline, tiny_qwen2_dir, tmp_path):
     losses = _losses(tiny_qwen2_dir, tmp_path, *OPTIONS[option])
@@ -280,6 +281,7 @@ def test_each_option_keeps_the_per_step_losses(option, baseline, tiny_qwen2_dir,
         assert b == pytest.approx(a, rel=0.01), f"{option}: step {step} loss {b} vs {a} without it"
 
 
+@pytest.mark.slow
 def test_shared_dropout_keeps_the_per_step_losses(tiny_qwen2_dir, tmp_path):
     """Shared masks change which noise each projection sees, not how much: the curves with PEFT's own
     per-projection dropout and with the shared one stay within 1% of each other over 50 steps (measured: 0.95%

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import _hygiene_plugin
-from _eval_helpers import make_run_dir
+from _runs import make_run
 from _train_helpers import build_tiny_chatml, single_thread
 from thinktune.cli import main
 from thinktune.utils import atomic_write_text, write_json
@@ -34,7 +34,7 @@ def _live_modules() -> int:
 def test_repeated_eval_calls_do_not_keep_models_or_grow_memory(tmp_path):
     # The 400-token vocabulary of the training tests' tiny model keeps each eval call well under a second.
     tokenizer = build_tiny_chatml(tmp_path / "tiny").parent / "tokenizer"
-    run = make_run_dir(tmp_path, tokenizer, arch="llama", n_val=2, max_new_tokens=4)
+    run = make_run(tmp_path, arch="llama", tokenizer=tokenizer, n_val=2, max_new_tokens=4, with_eval=False)
     me = psutil.Process(os.getpid())
     alive_before = _live_modules()
 
@@ -50,7 +50,7 @@ def test_repeated_eval_calls_do_not_keep_models_or_grow_memory(tmp_path):
         one_eval(i)
     gc.collect()
     growth = me.memory_info().rss - rss_warm
-    model_bytes = sum(f.stat().st_size for f in (tmp_path / "base-model").glob("*.safetensors"))
+    model_bytes = sum(f.stat().st_size for f in (tmp_path / "base").glob("*.safetensors"))
     assert _live_modules() == alive_before, "an eval call left its model alive"
     # Tolerant: three more calls may move the allocator's high-water mark, not add a model's worth each time.
     assert growth < 64 * 2**20 + 3 * model_bytes, f"RSS grew {growth / 2**20:.1f} MiB over 3 eval calls"
@@ -82,6 +82,7 @@ def test_hygiene_plugin_sees_leftover_temporaries(tmp_path):
         p.rmdir() if p.is_dir() else p.unlink()
 
 
+@pytest.mark.slow
 def test_hygiene_plugin_sees_a_leaked_child_process():
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

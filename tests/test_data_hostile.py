@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import _hypothesis_profile  # noqa: F401  (bounded, derandomized hypothesis settings)
-from _harden_helpers import assert_sane, clean_text, hostile_text, json_values, watchdog
+from _hostile import assert_sane, clean_text, hostile_text, json_values, watchdog
 from thinktune.data.load import LoadResult, load_examples
 from thinktune.data.reasoning import MarkupError, split_think
 from thinktune.errors import DataError

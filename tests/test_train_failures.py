@@ -38,7 +38,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    return tiny_training_setup(tmp_path_factory, "harden-train", 16)
+    return tiny_training_setup(tmp_path_factory, "train-failures", 16)
 
 
 def _config(setup, tmp_path: Path, name: str, **train):

@@ -1,4 +1,4 @@
-"""Shared helpers for the hardening tests: a hang watchdog, hostile text, and sanity checks on loader results."""
+"""Shared helpers for the hostile-input tests: a hang watchdog, hostile text, and sanity checks on loader results."""
 
 from __future__ import annotations
 
