@@ -21,7 +21,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _scalars(obj: Any, prefix: str = "", depth: int = 2) -> list[tuple[str, Any]]:
-    """Flatten numbers, strings and booleans of a JSON object (results files vary in shape)."""
+    """Flatten numbers, strings and booleans of a JSON object (data_report.json's facts)."""
     out: list[tuple[str, Any]] = []
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -33,7 +33,77 @@ def _scalars(obj: Any, prefix: str = "", depth: int = 2) -> list[tuple[str, Any]
     return out
 
 
-def _table(rows: list[tuple[str, Any]], limit: int = 40) -> list[str]:
+_SUMMARY_FIELDS = (
+    "status",
+    "stage",
+    "steps",
+    "epochs",
+    "train_examples",
+    "validation_examples",
+    "train_tokens",
+    "supervised_tokens",
+    "first_train_loss",
+    "final_train_loss",
+    "initial_eval_loss",
+    "final_eval_loss",
+    "wall_time_s",
+)
+
+
+def _num(x: Any) -> Any:
+    return round(x, 4) if isinstance(x, float) else x
+
+
+def results_rows(run: RunDir) -> list[tuple[str, Any]]:
+    """What the run measured, read through its records: the training summary, the loss curve's ends, and for each
+    eval_*.json its held-out loss by span, benchmark accuracy with interval and baselines, and reasoning health."""
+    rows: list[tuple[str, Any]] = []
+    if run.summary.is_file():
+        summary = run.read_summary()
+        rows += [
+            (f"training: {k}", _num(getattr(summary, k)))
+            for k in _SUMMARY_FIELDS
+            if getattr(summary, k) is not None
+        ]
+    metrics = run.metrics_records()
+    for key in ("loss", "eval_loss"):
+        values = [(m.get("step"), m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
+        if values:
+            rows.append(
+                (
+                    f"{key} first -> last (step)",
+                    f"{values[0][1]:.4f} -> {values[-1][1]:.4f} ({values[-1][0]})",
+                )
+            )
+    for path in sorted(run.path.glob("eval_*.json")):
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            continue
+        name = path.stem[len("eval_") :]
+        for span, s in (data.get("heldout_loss") or {}).items():
+            if isinstance(s, dict) and isinstance(s.get("loss"), (int, float)):
+                rows.append((f"{name}: held-out {span} loss", f"{s['loss']:.4f} ({s.get('tokens')} tokens)"))
+        for bench, b in (data.get("benchmarks") or {}).items():
+            if isinstance(b, dict) and b.get("accuracy") is not None:
+                lo, hi = b.get("ci95") or (0.0, 1.0)
+                base = b.get("baselines") or {}
+                rows.append(
+                    (
+                        f"{name}: {bench} accuracy",
+                        f"{100 * b['accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] on {b.get('questions')} questions "
+                        f"(random {100 * (base.get('random') or 0):.1f}%, unparseable {b.get('unparseable')})",
+                    )
+                )
+        health = (data.get("health") or {}).get("all") or {}
+        for key in ("closed_think_share", "stopped_share"):
+            if isinstance(health.get(key), (int, float)):
+                rows.append(
+                    (f"{name}: {key.removesuffix('_share').replace('_', ' ')}", f"{100 * health[key]:.1f}%")
+                )
+    return rows
+
+
+def _table(rows: list[tuple[str, Any]], limit: int = 60) -> list[str]:
     if not rows:
         return []
     lines = ["| key | value |", "|---|---|"]
@@ -109,21 +179,7 @@ def model_card(run: RunDir, fmt: str, info: dict[str, Any], sampling_source: str
             ]
         ),
     ]
-    results: list[tuple[str, Any]] = []
-    summary = _read_json(run.summary) if run.summary.is_file() else None
-    results += [(f"summary.{k}", v) for k, v in _scalars(summary)]
-    metrics = run.metrics_records()
-    for key in ("loss", "eval_loss"):
-        values = [(m.get("step"), m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
-        if values:
-            results.append(
-                (
-                    f"{key} first -> last (step)",
-                    f"{values[0][1]:.4f} -> {values[-1][1]:.4f} ({values[-1][0]})",
-                )
-            )
-    for path in sorted(run.path.glob("eval_*.json")):
-        results += [(f"{path.stem}.{k}", v) for k, v in _scalars(_read_json(path))]
+    results = results_rows(run)
     lines += ["", "## Results", ""]
     lines += (
         _table(results)

@@ -168,7 +168,7 @@ def section_loss(f: dict[str, Any], cmd: str) -> str:
     if uri:
         note = ", ".join(
             f"{k} {_fmt(m[k])}"
-            for k in ("step", "epoch", "loss", "tokens_per_second", "eval_loss")
+            for k in ("step", "epoch", "loss", "tokens_per_s", "eval_loss")
             for m in [next((m for m in reversed(f["metrics"]) if is_number(m.get(k))), None)]
             if m is not None
         )
