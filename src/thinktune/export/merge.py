@@ -25,7 +25,14 @@ from typing import Any
 from thinktune.config import Config
 from thinktune.errors import ExportError
 from thinktune.export.ollama import modelfile
-from thinktune.export.templatecheck import CheckResult, check, run_conversations, stop_tokens, verify
+from thinktune.export.templatecheck import (
+    CheckResult,
+    check,
+    planned_gguf_facts,
+    run_conversations,
+    stop_tokens,
+    verify,
+)
 from thinktune.formatting.formatter import Formatter, adds_bos
 from thinktune.infer.session import open_run
 from thinktune.models.loading import default_device
@@ -136,14 +143,7 @@ def check_plan(plan: ExportPlan) -> CheckResult:
     gguf = None
     mf = None
     if plan.format == "gguf":
-        gguf = {
-            "chat_template": fmt.chat_template,
-            "bos": tok.bos_token or "",
-            "eos": tok.eos_token or "",
-            "eos_id": tok.eos_token_id,
-            "eot_id": fmt.eot_id,
-            "add_bos": bos,
-        }
+        gguf = planned_gguf_facts(fmt)
     if plan.format in ("ollama", "gguf"):
         mf = modelfile(fmt, source=".", runtime_adds_bos=bos, stops=stop_tokens(fmt)[0], parameters={})
     return check(

@@ -91,6 +91,19 @@ def render_jinja(template: str, messages: list[dict[str, Any]], *, bos: str, eos
     )
 
 
+def planned_gguf_facts(fmt: Formatter) -> dict[str, Any]:
+    """What a GGUF export of this formatter's tokenizer would embed (the same keys :func:`gguf_facts` reads)."""
+    tok = fmt.tokenizer
+    return {
+        "chat_template": fmt.chat_template,
+        "bos": tok.bos_token or "",
+        "eos": tok.eos_token or "",
+        "eos_id": tok.eos_token_id,
+        "eot_id": fmt.eot_id,
+        "add_bos": adds_bos(tok),
+    }
+
+
 def gguf_facts(path: str | Path) -> dict[str, Any]:
     """Chat template, special tokens and BOS rule stored in a GGUF file (metadata only, no tensors)."""
     from thinktune.export.gguf import read_metadata
@@ -328,14 +341,7 @@ def check_run(run_dir: str | Path, exports: list[str | Path] | None = None) -> l
     bos = adds_bos(tok)
     gguf = mf = None
     if fmt.uses_chat_template:
-        gguf = {
-            "chat_template": fmt.chat_template,
-            "bos": tok.bos_token or "",
-            "eos": tok.eos_token or "",
-            "eos_id": tok.eos_token_id,
-            "eot_id": fmt.eot_id,
-            "add_bos": bos,
-        }
+        gguf = planned_gguf_facts(fmt)
         mf = modelfile(fmt, source=".", runtime_adds_bos=bos, stops=stop_tokens(fmt)[0], parameters={})
     results.append(
         (
