@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/generate_batched.py --threads 1     # on a busy shared CPU
 
 The prompts are questions from the bundled sample data, rendered by the Formatter (SmolLM2's ChatML
-template). Both ways run thinktune.generate.generate with the same greedy settings; the table shows output
+template). Both ways run thinktune.infer.generate.generate with the same greedy settings; the table shows output
 tokens per second (end-of-turn token included), the speed-up of batching, and how many outputs are identical
 token for token (left padding changes the shapes of the matrix products, so float rounding can, rarely, flip a
 greedy choice; the count says whether it did).
@@ -40,10 +40,10 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinktune import assets
-    from thinktune.data import load_examples
-    from thinktune.formatting import Formatter
-    from thinktune.generate import generate
+    from thinktune.data.load import load_examples
+    from thinktune.formatting.formatter import Formatter
+    from thinktune.infer.generate import generate
+    from thinktune.models import assets
 
     if args.threads:
         torch.set_num_threads(args.threads)

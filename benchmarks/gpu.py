@@ -72,7 +72,7 @@ def peak_flops(name: str) -> float | None:
 
 
 def tiny_config() -> dict:
-    from thinktune.model_specs import KNOWN_CONFIGS
+    from thinktune.plan.arch import KNOWN_CONFIGS
 
     return {
         **KNOWN_CONFIGS[MODEL],
@@ -95,7 +95,7 @@ def synthetic_examples(lengths: list[tuple[int, int]], vocab: int, seed: int = 0
     """Encoded examples with random ids of the given (total, prompt) lengths: the completion is trained."""
     import torch
 
-    from thinktune.formatting import Encoded
+    from thinktune.formatting.formatter import Encoded
 
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -142,20 +142,21 @@ def part_arms(ctx: dict) -> dict:
     import torch
     import train_throughput as tt
 
-    from thinktune.config import load_config
-    from thinktune.modeling import load_model
-    from thinktune.speed import training_attention
+    from thinktune.configfile import load_config
+    from thinktune.models.attention import resolve_attention
+    from thinktune.models.loading import load_model
+    from thinktune.models.precision import resolve_precision
 
     on_gpu, steps, batch = ctx["on_gpu"], ctx["steps"], ctx["batch"]
     encoded = synthetic_examples(length_mix((steps + 1) * batch, ctx["scale"]), ctx["config"]["vocab_size"])
     max_length = -(-max(t for t, _ in length_mix(198, ctx["scale"])) // 128) * 128
     folder, tok, device = str(ctx["folder"]), ctx["tok"], ctx["device"]
     mcfg = load_config(None, [f"model.name_or_path={folder}", "model.dtype=bfloat16"]).model
-    precision = "bf16" if on_gpu else "bfloat16"
+    precision = resolve_precision("bfloat16", device)  # bf16 autocast on a GPU, plain bf16 weights on a CPU
 
     def fresh(attention: str = "sdpa") -> Any:
         torch.manual_seed(0)
-        return load_model(mcfg, device=device, dtype="bfloat16", attn_implementation=attention)
+        return load_model(mcfg, device=device, precision=precision, attention=attention)
 
     base_nll = tt.completion_nll(fresh(), encoded)
     work = ctx["work"]
@@ -168,7 +169,7 @@ def part_arms(ctx: dict) -> dict:
         "trl-default": lambda: tt.arm_trl(fresh(), tok, encoded, max_length, steps, batch, str(work / "trl")),
         "thinktune": lambda: tt.arm_thinktune(
             tcfg,
-            fresh(training_attention("auto", device, True)),
+            fresh(resolve_attention("auto", device, padding_free=True)),
             tok,
             encoded,
             str(work / "thinktune"),
@@ -246,13 +247,13 @@ def _lora_model(folder: str, ctx: dict, checkpointing: bool, **load: Any) -> tup
     from plan_gpu_check import set_checkpointing
     from transformers import AutoModelForCausalLM
 
-    from thinktune.speed import register_packed_sdpa
+    from thinktune.models.attention import register_packed_sdpa
 
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.bfloat16, attn_implementation=register_packed_sdpa(), **load
     )
     if "quantization_config" in load:
-        from thinktune.modeling import prepare_kbit_model
+        from thinktune.models.qlora import prepare_kbit_model
 
         prepare_kbit_model(model, gradient_checkpointing=checkpointing)
     else:
@@ -298,7 +299,7 @@ def _measure(model: Any, opt: Any, fused: bool, inputs: dict, ctx: dict) -> tupl
 
 
 def _estimate(arch: Any, tokens: int, checkpointing: bool, qlora: bool, device: str) -> int:
-    from thinktune.plan import Setup, estimate
+    from thinktune.plan.memory import Setup, estimate
 
     setup = Setup(
         max_length=tokens,
@@ -313,7 +314,7 @@ def _estimate(arch: Any, tokens: int, checkpointing: bool, qlora: bool, device: 
 def part_cap8(ctx: dict) -> dict:
     import torch
 
-    from thinktune.model_specs import arch_from_config
+    from thinktune.plan.arch import arch_from_config
 
     cap = ctx["cap_bytes"]
     if ctx["on_gpu"]:
@@ -383,8 +384,8 @@ def part_qlora7b(ctx: dict) -> dict:
         return {"skipped": "no CUDA"}
     if importlib.util.find_spec("bitsandbytes") is None:
         return {"skipped": "bitsandbytes is not installed"}
-    from thinktune.model_specs import KNOWN_CONFIGS, arch_from_config
-    from thinktune.modeling import build_quantization_config, qlora_settings
+    from thinktune.models.qlora import build_quantization_config, qlora_settings
+    from thinktune.plan.arch import KNOWN_CONFIGS, arch_from_config
 
     config = KNOWN_CONFIGS[MODEL_7B]
     t = time.perf_counter()
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from thinktune.model_specs import KNOWN_CONFIGS
+    from thinktune.plan.arch import KNOWN_CONFIGS
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)

@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from thinktune.model_specs import KNOWN_CONFIGS, arch_from_config  # noqa: E402  (stdlib-only modules)
-from thinktune.plan import Setup, estimate  # noqa: E402
+from thinktune.plan.arch import KNOWN_CONFIGS, arch_from_config  # noqa: E402  (stdlib-only modules
+from thinktune.plan.memory import Setup, estimate  # noqa: E402
 
 MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 TOLERANCE = 0.15

@@ -76,7 +76,7 @@ QUICK_CASES = [
 
 
 def config_for(model: str) -> dict:
-    from thinktune.model_specs import KNOWN_CONFIGS
+    from thinktune.plan.arch import KNOWN_CONFIGS
 
     if model in ("small-qwen2", "test-qwen2", "wide-qwen2"):
         return dict({"small-qwen2": SMALL_QWEN2, "test-qwen2": TEST_QWEN2, "wide-qwen2": WIDE_QWEN2}[model])
@@ -84,7 +84,7 @@ def config_for(model: str) -> dict:
 
 
 def setup_for(case: dict):
-    from thinktune.plan import Setup
+    from thinktune.plan.memory import Setup
 
     return Setup(
         max_length=case["tokens"],
@@ -173,8 +173,8 @@ def measure(case: dict) -> dict:
 
 def run_cases(cases: list[dict]) -> list[dict]:
     """Measure `cases` in one fresh subprocess (one after another) and set each beside its estimate."""
-    from thinktune.model_specs import arch_from_config
-    from thinktune.plan import estimate
+    from thinktune.plan.arch import arch_from_config
+    from thinktune.plan.memory import estimate
 
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run(

@@ -40,7 +40,7 @@ def build_model(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-    from thinktune import assets
+    from thinktune.models import assets
 
     tok = AutoTokenizer.from_pretrained(assets.r1_distill_tokenizer_dir(False))
     config = Qwen2Config(**R1_15B_SHAPE, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
@@ -66,8 +66,8 @@ def write_data(path: Path, examples: int, words: int) -> Path:
 def measure(model: Path, data: Path, work: Path, name: str, steps: int, extra: list[str]) -> dict:
     import torch
 
-    from thinktune.config import load_config
-    from thinktune.train import train
+    from thinktune.configfile import load_config
+    from thinktune.train.recipe import train
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

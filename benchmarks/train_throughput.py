@@ -179,7 +179,7 @@ def arm_trl(model: Any, tok: Any, encoded: list[Any], max_length: int, steps: in
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from thinktune.train import to_dataset
+    from thinktune.train.trainer import to_dataset
 
     on_gpu = model.device.type == "cuda"
     args = SFTConfig(**_train_args(out, steps, batch, on_gpu), max_length=max_length)
@@ -196,7 +196,7 @@ def arm_trl(model: Any, tok: Any, encoded: list[Any], max_length: int, steps: in
 
 
 def thinktune_config(model_dir: str, steps: int, batch: int, out: str, *extra: str) -> Any:
-    from thinktune.config import load_config
+    from thinktune.configfile import load_config
 
     return load_config(
         None,
@@ -213,13 +213,13 @@ def thinktune_config(model_dir: str, steps: int, batch: int, out: str, *extra: s
     )
 
 
-def arm_thinktune(cfg: Any, model: Any, tok: Any, encoded: list[Any], out: str, precision: str):
-    from thinktune import train as T
+def arm_thinktune(cfg: Any, model: Any, tok: Any, encoded: list[Any], out: str, precision: Any):
     from thinktune.rundir import RunDir
+    from thinktune.train.trainer import build_trainer
 
     run = RunDir(Path(out))
     run.path.mkdir(parents=True, exist_ok=True)
-    trainer, cbs = T.build_trainer(
+    trainer, cbs = build_trainer(
         cfg, model, tok, encoded, [], run, device=str(model.device), precision=precision
     )
     trainer.remove_callback(cbs["curve"])  # the loss-curve PNG is not part of a training step
@@ -232,7 +232,7 @@ def arm_thinktune(cfg: Any, model: Any, tok: Any, encoded: list[Any], out: str, 
 
 
 def resolve_model(name: str, work: Path) -> str:
-    from thinktune import assets
+    from thinktune.models import assets
 
     if name == "smollm2":
         return str(assets.smollm2_dir())
@@ -345,12 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
-    from thinktune import doctor
-    from thinktune.config import load_config
-    from thinktune.data import load_examples, split_examples
-    from thinktune.formatting import Formatter
-    from thinktune.modeling import load_model, load_tokenizer, pick_dtype
-    from thinktune.speed import training_attention
+    from thinktune.configfile import load_config
+    from thinktune.data.load import load_examples, split_examples
+    from thinktune.formatting import doctor
+    from thinktune.formatting.formatter import Formatter
+    from thinktune.models.attention import resolve_attention
+    from thinktune.models.loading import load_model, load_tokenizer
+    from thinktune.models.precision import resolve_precision
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
@@ -370,11 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     n = (args.steps + 1) * args.batch
     picked, _ = split_examples(loaded, val_size=0, seed=0, shuffle=True, max_examples=n)
     encoded = doctor.encode_all(fmt, picked)
-    dtype_name, precision = pick_dtype("auto", device)
+    precision = resolve_precision("auto", device)
 
     def fresh(attention: str = "sdpa") -> Any:
         torch.manual_seed(0)
-        return load_model(mcfg, device=device, dtype=dtype_name, attn_implementation=attention)
+        return load_model(mcfg, device=device, precision=precision, attention=attention)
 
     base_nll = completion_nll(fresh(), encoded)
     lengths = sorted(len(e.input_ids) for e in encoded)
@@ -403,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "thinktune": lambda: arm_thinktune(
             tcfg,
-            fresh(training_attention(tcfg.model.attn_implementation, device, tcfg.train.padding_free)),
+            fresh(
+                resolve_attention(
+                    tcfg.model.attn_implementation, device, padding_free=tcfg.train.padding_free
+                )
+            ),
             tok,
             encoded,
             str(work / "thinktune"),
@@ -411,7 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "thinktune-no-dropout": lambda: arm_thinktune(
             tcfg0,
-            fresh(training_attention(tcfg0.model.attn_implementation, device, tcfg0.train.padding_free)),
+            fresh(
+                resolve_attention(
+                    tcfg0.model.attn_implementation, device, padding_free=tcfg0.train.padding_free
+                )
+            ),
             tok,
             encoded,
             str(work / "thinktune0"),
@@ -420,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         "thinktune-peft-lora": lambda: arm_thinktune(
             tcfg_peft,
             fresh(
-                training_attention(tcfg_peft.model.attn_implementation, device, tcfg_peft.train.padding_free)
+                resolve_attention(
+                    tcfg_peft.model.attn_implementation, device, padding_free=tcfg_peft.train.padding_free
+                )
             ),
             tok,
             encoded,

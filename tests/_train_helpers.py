@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from thinktune.train.recipe import train
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -45,7 +47,7 @@ def build_tiny_chatml(out: Path, *, vocab_size: int = 400, seed: int = 0) -> Pat
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from thinktune import assets
+    from thinktune.models import assets
 
     texts = [" ".join(r.values()) for r in arithmetic_rows(40)] + ["<think> </think> system user assistant"]
     tok = Tokenizer(models.BPE())
@@ -137,7 +139,7 @@ def single_thread() -> Iterator[None]:
 
 def quick_config(tmp_path: Path, model: str | Path, *overrides: str) -> Any:
     """A config on the bundled sample data whose runs go under tmp_path/runs."""
-    from thinktune.config import load_config
+    from thinktune.configfile import load_config
 
     return load_config(
         None,
@@ -154,11 +156,10 @@ def refused(cfg: Any, match: str, tmp_path: Path) -> str:
     """Training must refuse cfg with a ThinktuneError matching `match`, before creating a run folder."""
     import pytest
 
-    from thinktune import train as T
     from thinktune.errors import ThinktuneError
 
     with pytest.raises(ThinktuneError, match=match) as info:
-        T.train(cfg)
+        train(cfg)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir()), "a run folder was created"
     return str(info.value)
@@ -166,7 +167,7 @@ def refused(cfg: Any, match: str, tmp_path: Path) -> str:
 
 def refuse_weight_loading(monkeypatch: Any) -> None:
     """Fail the test if anything tries to load model weights (refusals must come first)."""
-    from thinktune import train as T
+    from thinktune.train import recipe as T
 
     def refuse(*a: Any, **k: Any) -> None:
         raise AssertionError("model weights were loaded before the configuration was refused")

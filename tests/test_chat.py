@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from _export_helpers import make_run
+from _runs import make_run
 from conftest import ROOT, cli
-from thinktune.chat import ChatSession, ReasoningSplitter
-from thinktune.config import GenerationConfig
+from thinktune.config import Config
+from thinktune.data.reasoning import ReasoningSplitter
+from thinktune.infer.chat import ChatSession
+from thinktune.infer.session import Session
 
 
 def _split(chunks, opens=False):
@@ -53,9 +55,11 @@ def think_run(tmp_path_factory) -> Path:
 
 
 def _session(model_dir: Path, **gen) -> ChatSession:
-    from thinktune.chat import load_session
+    from thinktune.infer.chat import load_session
 
-    return load_session(None, str(model_dir), None, gen, device="cpu")
+    return load_session(
+        None, str(model_dir), None, [f"generation.{k}={v}" for k, v in gen.items()], device="cpu"
+    )
 
 
 def test_session_history_commands_and_thinking_switch(tiny_qwen3_dir):
@@ -81,7 +85,8 @@ def test_session_history_commands_and_thinking_switch(tiny_qwen3_dir):
 
 
 def test_think_command_explains_where_the_template_has_no_switch(tiny_qwen2_dir):
-    session = ChatSession(None, None, _formatter(tiny_qwen2_dir), GenerationConfig())
+    fmt = _formatter(tiny_qwen2_dir)
+    session = ChatSession(Session(Config(), fmt.tokenizer, fmt, str(tiny_qwen2_dir), None))
     keep, message = session.command("/think off")
     assert keep and "no thinking switch (enable_thinking)" in message
 
@@ -89,7 +94,7 @@ def test_think_command_explains_where_the_template_has_no_switch(tiny_qwen2_dir)
 def _formatter(model_dir: Path):
     from transformers import AutoTokenizer
 
-    from thinktune.formatting import Formatter
+    from thinktune.formatting.formatter import Formatter
 
     return Formatter(AutoTokenizer.from_pretrained(model_dir))
 
@@ -116,11 +121,13 @@ def test_prompt_and_stdin_modes_print_reasoning_and_answer_separately(think_run,
     assert capsys.readouterr().out.startswith("=== answer ===\n")
 
 
+@pytest.mark.slow
 def test_refuses_run_and_model_together(think_run):
     r = cli("chat", str(think_run), "--model", "x", "--prompt", "hi")
     assert r.returncode == 2 and "either a run folder" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_interactive_chat_in_a_pseudo_terminal(think_run):
     import pexpect
 
@@ -154,3 +161,89 @@ def test_interactive_chat_in_a_pseudo_terminal(think_run):
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+# ------------------------------------------------------------------------------------------ one path with eval
+
+
+class _Loaded(Exception):
+    """Raised by the intercepted loader once it has seen what it was asked to load."""
+
+
+@pytest.fixture
+def qlora_run(tmp_path):
+    return make_run(tmp_path, arch="qwen2", tokenizer="r1", load_in_4bit=True, results=False)
+
+
+def _intercept_load(monkeypatch) -> list[dict]:
+    """Pretend to be on a CUDA machine with bitsandbytes and capture every model load request (no weights load)."""
+    from thinktune.infer import session as session_module
+    from thinktune.models import precision, qlora
+
+    seen: list[dict] = []
+
+    def fake_load(cfg, *, device=None, precision=None, attention=None, quantization=None):
+        seen.append({"device": device, "quantization": quantization, "precision": precision})
+        raise _Loaded
+
+    monkeypatch.setattr(session_module, "default_device", lambda: "cuda")
+    monkeypatch.setattr(session_module, "load_model", fake_load)
+    monkeypatch.setattr(qlora, "require_qlora_support", lambda: None)
+    monkeypatch.setattr(precision, "cuda_bf16_supported", lambda: True)
+    return seen
+
+
+def test_chat_on_a_qlora_run_loads_the_4bit_base_exactly_as_eval_does(qlora_run, monkeypatch):
+    """Regression: chat used to load a QLoRA run's base in 16-bit (~15 GB for the 7B recipe on an 8 GB card)."""
+    from thinktune.infer.chat import load_session
+    from thinktune.infer.session import open_run
+
+    seen = _intercept_load(monkeypatch)
+    with pytest.raises(_Loaded):
+        open_run(qlora_run).model()  # what eval and compare load
+    with pytest.raises(_Loaded):
+        load_session(str(qlora_run), None, None)  # what chat loads
+    eval_load, chat_load = seen
+    assert eval_load["quantization"] is not None and chat_load["quantization"] is not None
+    assert chat_load["quantization"].to_dict() == eval_load["quantization"].to_dict()
+    q = chat_load["quantization"].to_dict()
+    assert q["load_in_4bit"] and q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_quant_storage"] == "uint8"
+    assert chat_load["device"] == eval_load["device"] == "cuda"
+
+
+def test_chat_samples_with_the_same_top_k_rule_and_seed_as_eval(think_run, monkeypatch):
+    """Regression: chat passed top_k=None when sampling, which lets a model's own generation_config top-k
+    (Qwen3: 20) back in, while eval passes 0; its seed rule differed too."""
+    from transformers import GenerationMixin
+
+    from thinktune.infer.chat import load_session
+    from thinktune.infer.session import open_run
+
+    calls: list[dict] = []
+    real = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        import torch
+
+        calls.append(
+            {
+                **{k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask", "streamer")},
+                "rng": torch.random.get_rng_state().sum().item(),
+            }
+        )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    sampling = [
+        "generation.temperature=0.7",
+        "generation.top_p=0.9",
+        "generation.seed=3",
+        "generation.max_new_tokens=4",
+    ]
+    session = open_run(think_run, sampling)
+    session.generate([session.formatter.prompt("hi")], adapter=True)
+    chat = load_session(str(think_run), None, None, sampling)
+    chat.reply("hi")
+    eval_call, chat_call = calls
+    assert eval_call["do_sample"] is True and eval_call["top_k"] == 0
+    assert chat_call == eval_call  # every decoding argument, and the random state it starts from

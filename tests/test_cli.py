@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DEMO_DATA, cli, needs_shared
+
+pytestmark = pytest.mark.slow  # every test runs `python -m thinktune` (or python -c) in a subprocess
 
 
 def test_help_imports_no_heavy_library():
@@ -160,7 +164,7 @@ def test_inspect_data_accepts_model_folder_and_flags_beat_overrides(tmp_path, ti
 
 
 def test_inspect_data_reads_the_tokenizer_from_a_gguf_file(tmp_path):
-    from thinktune.assets import smollm2_gguf_path
+    from thinktune.models.assets import smollm2_gguf_path
 
     r = cli(
         "inspect-data",

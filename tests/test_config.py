@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from thinktune.config import (
-    Config,
-    ConfigError,
-    describe_fields,
-    dump_yaml,
-    fields_markdown,
-    from_dict,
-    load_config,
-    validate,
-)
+from thinktune.config import Config, validate
+from thinktune.configfile import describe_fields, dump_yaml, fields_markdown, from_dict, load_config
+from thinktune.errors import ConfigError
 
 
 def write(tmp_path, text: str):

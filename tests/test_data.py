@@ -8,7 +8,9 @@ import json
 import pytest
 
 from conftest import DEMO_DATA, needs_shared
-from thinktune.data import DataError, Example, detect_schema, load_examples, split_examples
+from thinktune.data.load import load_examples, split_examples
+from thinktune.data.schemas import Example, detect_schema
+from thinktune.errors import DataError
 
 MED = [
     {

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from thinktune import doctor
-from thinktune.data import Example
-from thinktune.formatting import Formatter
+from thinktune.data.schemas import Example
+from thinktune.formatting import doctor
+from thinktune.formatting.formatter import Formatter
+from thinktune.report.plots import length_histogram
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ def test_report_histogram_and_stats(fmt, tmp_path):
         policy="drop",
         notes=["n"],
     )
-    path = doctor.write_report(tmp_path, report, encoded, 4096)
+    path = doctor.write_report(tmp_path, report)
+    length_histogram(tmp_path / "length_histogram.png", [e.lengths for e in encoded], 4096)
     saved = json.loads(path.read_text())
     assert saved["lengths"]["reasoning"]["max"] > saved["lengths"]["reasoning"]["min"]
     assert set(saved["lengths"]["total"]) >= {"min", "p50", "p90", "p99", "max"}

@@ -1,5 +1,5 @@
 """End to end through the CLI on a tiny model: eval (tuned and base), compare, report, and the report in a real
-headless Chromium. The run folder is built without training (tests/_eval_helpers.py)."""
+headless Chromium. The run folder is built without training (tests/_runs.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from _eval_helpers import MCQ_ROWS, make_run_dir, write_mcq
 from _report_helpers import chromium_path, inspect_page
+from _runs import MCQ_ROWS, make_run, write_mcq
 from conftest import ROOT, cli
-from thinktune import assets
 from thinktune.cli import main
+from thinktune.infer.session import open_run
 
 ARTIFACTS = ROOT / "test-artifacts"
+
+# the module's run folder goes through `thinktune report` in a subprocess (and the page through Chromium)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """A run folder after `thinktune eval`, `eval --base`, `compare` and `report` (R1 template, <think> pre-opened)."""
     root = tmp_path_factory.mktemp("e2e")
-    run = make_run_dir(root, assets.r1_distill_tokenizer_dir(True), n_val=4, max_new_tokens=8)
+    run = make_run(root, tokenizer="r1-think", n_val=4, max_new_tokens=8, with_eval=False)
     bench = write_mcq(root / "mcq.jsonl", MCQ_ROWS)
     out = {"run": run, "bench": bench, "root": root}
     out["eval_tuned"] = main(["eval", str(run), "--limit", "3", "--benchmark", str(bench)])
@@ -113,7 +116,7 @@ def test_eval_a_model_outside_any_run(evaluated, tmp_path):
         [
             "eval",
             "--model",
-            str(evaluated["root"] / "base-model"),
+            str(evaluated["root"] / "base"),
             "--adapter",
             str(run / "adapter"),
             "--data",
@@ -172,9 +175,8 @@ def test_compare_pairs_base_and_tuned(evaluated):
 def test_mixed_batches_give_the_separate_passes_answers(evaluated):
     """compare decodes base and tuned rows in the same batches (PEFT mixed batches): the answers equal those of
     one pass with the adapter off and one with it on; sampling keeps separate, seeded passes."""
-    from thinktune import inference
 
-    session = inference.open_run(evaluated["run"])
+    session = open_run(evaluated["run"])
     prompts = [session.formatter.prompt(e.question, e.system) for e in session.validation_examples(4)]
     decoding = session.decoding()
     pair = session.generator().both(prompts, **{**decoding, "batch_size": 3})  # pairs split across batches

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from thinktune.data import load_examples
-from thinktune.evaluate import heldout_loss
-from thinktune.formatting import Formatter
+from thinktune.data.load import load_examples
+from thinktune.evals.evaluate import heldout_loss
+from thinktune.formatting.formatter import Formatter
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """`thinktune export`: merge parity, generation config and model card, the Ollama Modelfile, GGUF write -> read ->
-logits parity, and every refusal. Run folders are made without training (tests/_export_helpers.py)."""
+logits parity, and every refusal. Run folders are made without training (tests/_runs.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from _export_helpers import make_run, read_json, small_tokenizer
+from _runs import make_run, read_json, small_tokenizer
 from conftest import cli
-from thinktune import export as E
-from thinktune import gguf_export
-from thinktune import templatecheck as tc
-from thinktune.rundir import RunDir, RunDirError
+from thinktune.errors import ExportError, GGUFExportError, RunDirError
+from thinktune.export import gguf, merge, ollama
+from thinktune.export import gguf as gguf_export
+from thinktune.formatting.formatter import Formatter, adds_bos
+from thinktune.infer.session import run_tokenizer
+from thinktune.rundir import RunDir
 
 SAMPLE = "发热三天，咳嗽。What is 2 + 2?"
 
@@ -54,16 +56,16 @@ _MERGED: dict[str, Path] = {}
 def merged_fp32(run: Path) -> Path:
     """The run exported as a float32 merged folder (once per session)."""
     if str(run) not in _MERGED:
-        _MERGED[str(run)] = E.export(
-            E.plan_export(run, "merged", run.parent / "merged-fp32", dtype="float32")
+        _MERGED[str(run)] = merge.export(
+            merge.plan_export(run, "merged", run.parent / "merged-fp32", dtype="float32")
         )
     return _MERGED[str(run)]
 
 
 def _prompt_ids(run: Path):
     r = RunDir.open(run)
-    tok = r.tokenizer()
-    fmt = r.formatter(tok)
+    tok = run_tokenizer(r)
+    fmt = Formatter.from_config(tok, r.config().data)
     return tok(fmt.prompt(SAMPLE), add_special_tokens=False, return_tensors="pt")["input_ids"], tok, fmt
 
 
@@ -114,13 +116,14 @@ def test_generation_config_and_model_card(qwen2_run, llama_run):
     )  # DeepSeek-R1 recommendation
     card = (r1 / "README.md").read_text(encoding="utf-8")
     base = RunDir.open(qwen2_run).config().model.name_or_path
+    tuned = read_json(qwen2_run / "eval_tuned.json")  # written by a real `thinktune eval` of the run
     for expected in (
         base,
         "strips_reasoning",
         "`sample`",
         "2.5000 -> 1.5000",
-        "eval_tuned.accuracy",
-        "0.42",
+        "| `tuned: held-out completion loss` |",  # a row from eval_tuned.json ...
+        f"| {tuned['heldout_loss']['completion']['loss']:.4f} (",  # ... with its value
         "vllm serve",
     ):
         assert expected in card, expected
@@ -129,19 +132,25 @@ def test_generation_config_and_model_card(qwen2_run, llama_run):
     assert "你是医生。" in (smol / "README.md").read_text(encoding="utf-8")
 
 
+def test_model_card_reports_the_evaluation_numbers(qwen2_run):
+    card = (merged_fp32(qwen2_run) / "README.md").read_text(encoding="utf-8")
+    loss = read_json(qwen2_run / "eval_tuned.json")["heldout_loss"]["completion"]["loss"]
+    assert f"{loss:.4f}" in card or str(round(loss, 4)) in card
+
+
 def test_sampling_defaults_per_family(qwen3_tokenizer, qwen2_run):
-    from thinktune.formatting import Formatter
+    from thinktune.formatting.formatter import Formatter
 
     run = RunDir.open(qwen2_run)
-    thinking, source = E.sampling_defaults(Formatter(qwen3_tokenizer), run)
+    thinking, source = merge.sampling_defaults(Formatter(qwen3_tokenizer), run.config())
     assert thinking == {"temperature": 0.6, "top_p": 0.95, "top_k": 20} and "Qwen3" in source
-    no_thinking, _ = E.sampling_defaults(Formatter(qwen3_tokenizer, reasoning="drop"), run)
+    no_thinking, _ = merge.sampling_defaults(Formatter(qwen3_tokenizer, reasoning="drop"), run.config())
     assert no_thinking == {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
 
 
 def test_qlora_run_is_merged_into_a_16bit_base(tmp_path, small_tok):
     run = make_run(tmp_path, arch="llama", tokenizer=small_tok, load_in_4bit=True, results=False)
-    out = E.export(E.plan_export(run, "merged"))
+    out = merge.export(merge.plan_export(run, "merged"))
     assert out == run / "export" / "merged"
     config = read_json(out / "config.json")
     assert config["dtype"] == "bfloat16"
@@ -152,22 +161,22 @@ def test_qlora_run_is_merged_into_a_16bit_base(tmp_path, small_tok):
 
 
 def test_ollama_export_modelfile_reproduces_training(llama_run):
-    out = E.export(E.plan_export(llama_run, "ollama", llama_run.parent / "ollama", dtype="float32"))
+    out = merge.export(merge.plan_export(llama_run, "ollama", llama_run.parent / "ollama", dtype="float32"))
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     text = (out / "Modelfile").read_text(encoding="utf-8")
     assert "ollama create NAME -f Modelfile" in text
-    parsed = tc.parse_modelfile(text)
+    parsed = ollama.parse_modelfile(text)
     assert parsed["from"] == "."
     assert parsed["system"] == "你是医生。"
     params = dict(parsed["parameters"])
     assert params["stop"] == "<|im_end|>" and params["temperature"] == "0.0"
     assert params["num_ctx"] == "4096"  # max(4096, max_length + max_new_tokens), within the model's 4096
     r = RunDir.open(llama_run)
-    fmt = r.formatter(r.tokenizer())
+    fmt = Formatter.from_config(run_tokenizer(r), r.config().data)
     turns = (("发热三天？", "先考虑感冒。", "多喝水。"),)
-    conv = tc.Conversation("t", turns, "还要注意什么？")
-    rendered = tc.render_ollama(
-        parsed["template"], tc.ollama_messages(fmt, conv), default_system=parsed["system"]
+    conv = ollama.Conversation("t", turns, "还要注意什么？")
+    rendered = ollama.render_ollama(
+        parsed["template"], ollama.ollama_messages(fmt, conv), default_system=parsed["system"]
     )
     assert rendered == fmt.chat_prompt(turns, "还要注意什么？")
     assert rendered.startswith("<|im_start|>system\n你是医生。<|im_end|>\n")
@@ -198,12 +207,12 @@ def _gguf_parity(run: Path, gguf_type: str, tolerance: float):
     import torch
     from transformers import AutoModelForCausalLM
 
-    out = E.export(
-        E.plan_export(run, "gguf", run.parent / f"gguf-{gguf_type}", gguf_type=gguf_type, dtype="float32")
+    out = merge.export(
+        merge.plan_export(run, "gguf", run.parent / f"gguf-{gguf_type}", gguf_type=gguf_type, dtype="float32")
     )
     name = f"model-{gguf_type}.gguf"
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", name, "thinktune_export.json"]
-    assert tc.parse_modelfile((out / "Modelfile").read_text(encoding="utf-8"))["from"] == f"./{name}"
+    assert ollama.parse_modelfile((out / "Modelfile").read_text(encoding="utf-8"))["from"] == f"./{name}"
     ids, tok, fmt = _prompt_ids(run)
     merged = _logits(AutoModelForCausalLM.from_pretrained(merged_fp32(run), dtype=torch.float32).eval(), ids)
     loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
@@ -226,10 +235,10 @@ def _gguf_parity(run: Path, gguf_type: str, tolerance: float):
     print(
         f"{run.parent.name} {gguf_type}: max|diff| {diff:.2e} (logit scale {scale:.2f}), vs rounded {exact:.1e}, greedy agreement {agree:.2f}"
     )
-    meta = gguf_export.read_metadata(out / name)
+    meta = gguf.read_metadata(out / name)
     assert meta["tokenizer.chat_template"] == fmt.chat_template
     assert meta["tokenizer.ggml.eot_token_id"] == fmt.eot_id
-    assert meta["tokenizer.ggml.add_bos_token"] == tc.adds_bos(tok)
+    assert meta["tokenizer.ggml.add_bos_token"] == adds_bos(tok)
     return out, name, tok
 
 
@@ -237,7 +246,7 @@ def _gguf_parity(run: Path, gguf_type: str, tolerance: float):
 @pytest.mark.parametrize("gguf_type,tolerance", [("f16", 2e-2), ("q8_0", 1e-1)])
 def test_gguf_write_read_logits_parity(request, run_name, gguf_type, tolerance):
     out, name, tok = _gguf_parity(request.getfixturevalue(run_name), gguf_type, tolerance)
-    meta = gguf_export.read_metadata(out / name)
+    meta = gguf.read_metadata(out / name)
     assert meta["general.file_type"] == {"f16": 1, "q8_0": 7}[gguf_type]
     assert meta["general.architecture"] == run_name.split("_")[0]
 
@@ -248,8 +257,8 @@ def test_gguf_without_llama_permutation_would_fail(llama_small_run, monkeypatch,
     from transformers import AutoModelForCausalLM
 
     monkeypatch.setattr(gguf_export, "_permute", lambda w, n_head: w)
-    plan = E.plan_export(llama_small_run, "gguf", tmp_path / "unpermuted", dtype="float32")
-    out = E.export(plan)
+    plan = merge.plan_export(llama_small_run, "gguf", tmp_path / "unpermuted", dtype="float32")
+    out = merge.export(plan)
     ids, _, _ = _prompt_ids(llama_small_run)
     merged = _logits(
         AutoModelForCausalLM.from_pretrained(merged_fp32(llama_small_run), dtype=torch.float32), ids
@@ -267,8 +276,8 @@ def test_gguf_tokenizer_reads_back_identically(llama_small_run):
     if not out.exists():
         _gguf_parity(llama_small_run, "f16", 2e-2)
     r = RunDir.open(llama_small_run)
-    tok = r.tokenizer()
-    fmt = r.formatter(tok)
+    tok = run_tokenizer(r)
+    fmt = Formatter.from_config(tok, r.config().data)
     gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model-f16.gguf")
     multi = fmt.chat_prompt([("发热三天？", "先考虑感冒。", "多喝水。")], "还要注意什么？")
     for text in (SAMPLE, multi, "<think>\nx\n</think>\n\n答案 42", "  two  spaces\n\n\ttab"):
@@ -281,13 +290,13 @@ def test_gguf_tokenizer_reads_back_identically(llama_small_run):
 
 
 def test_gguf_r1_tokenizer_metadata(qwen2_run):
-    out = E.export(
-        E.plan_export(qwen2_run, "gguf", qwen2_run.parent / "gguf-r1", gguf_type="q8_0", dtype="float32")
+    out = merge.export(
+        merge.plan_export(qwen2_run, "gguf", qwen2_run.parent / "gguf-r1", gguf_type="q8_0", dtype="float32")
     )
     r = RunDir.open(qwen2_run)
-    tok = r.tokenizer()
-    fmt = r.formatter(tok)
-    meta = gguf_export.read_metadata(out / "model-q8_0.gguf")
+    tok = run_tokenizer(r)
+    fmt = Formatter.from_config(tok, r.config().data)
+    meta = gguf.read_metadata(out / "model-q8_0.gguf")
     assert meta["general.architecture"] == "qwen2" and meta["tokenizer.ggml.pre"] == "qwen2"
     assert meta["tokenizer.chat_template"] == fmt.chat_template
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
@@ -325,8 +334,8 @@ def test_gguf_full_vocabulary_round_trips(llama_run, qwen2_run):
         )
     out = qwen2_run.parent / "gguf-r1"
     if not out.exists():
-        E.export(E.plan_export(qwen2_run, "gguf", out, gguf_type="q8_0", dtype="float32"))
-    tok = RunDir.open(qwen2_run).tokenizer()
+        merge.export(merge.plan_export(qwen2_run, "gguf", out, gguf_type="q8_0", dtype="float32"))
+    tok = run_tokenizer(RunDir.open(qwen2_run))
     gguf_tok = AutoTokenizer.from_pretrained(out, gguf_file="model-q8_0.gguf")
     # transformers' GGUF reader drops special tokens spelled outside the byte alphabet (R1's <｜...｜>), which
     # llama.cpp matches as raw text; plain text and <think> tags must tokenize identically.
@@ -340,32 +349,31 @@ def test_gguf_full_vocabulary_round_trips(llama_run, qwen2_run):
 # ------------------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.slow
 def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
     with pytest.raises(
-        E.ExportError, match="unknown export format 'onnx'; choose one of: merged, ollama, gguf"
+        ExportError, match="unknown export format 'onnx'; choose one of: merged, ollama, gguf"
     ):
-        E.plan_export(qwen2_run, "onnx")
-    with pytest.raises(E.ExportError, match="unknown dtype 'int8'"):
-        E.plan_export(qwen2_run, "merged", dtype="int8")
-    with pytest.raises(E.ExportError, match="--gguf-type 'q4_k'"):
-        E.plan_export(qwen2_run, "gguf", gguf_type="q4_k")
+        merge.plan_export(qwen2_run, "onnx")
+    with pytest.raises(ExportError, match="unknown dtype 'int8'"):
+        merge.plan_export(qwen2_run, "merged", dtype="int8")
+    with pytest.raises(ExportError, match="--gguf-type 'q4_k'"):
+        merge.plan_export(qwen2_run, "gguf", gguf_type="q4_k")
 
     no_adapter = make_run(tmp_path / "a", tokenizer=small_tok, adapter=False, results=False)
-    with pytest.raises(E.ExportError, match="holds no PEFT adapter .*no summary.json"):
-        E.plan_export(no_adapter, "merged")
+    with pytest.raises(RunDirError, match="holds no trained adapter .*no summary.json"):
+        merge.plan_export(no_adapter, "merged")
 
     with pytest.raises(RunDirError, match="not a thinktune run folder"):
-        E.plan_export(tmp_path, "merged")
+        merge.plan_export(tmp_path, "merged")
 
     (qwen2_run / "export" / "taken").mkdir(parents=True, exist_ok=True)
-    with pytest.raises(E.ExportError, match="already exists; thinktune never overwrites"):
-        E.plan_export(qwen2_run, "merged", qwen2_run / "export" / "taken")
+    with pytest.raises(ExportError, match="already exists; thinktune never overwrites"):
+        merge.plan_export(qwen2_run, "merged", qwen2_run / "export" / "taken")
 
     qwen3 = make_run(tmp_path / "q3", arch="qwen3", tokenizer=small_tok, results=False)
-    with pytest.raises(
-        gguf_export.GGUFExportError, match="supports the llama, qwen2 architectures; .* 'qwen3'"
-    ):
-        E.plan_export(qwen3, "gguf")
+    with pytest.raises(GGUFExportError, match="supports the llama, qwen2 architectures; .* 'qwen3'"):
+        merge.plan_export(qwen3, "gguf")
     assert not (qwen3 / "export").exists()
 
     text_run = make_run(tmp_path / "t", arch="llama", tokenizer=small_tok, results=False)
@@ -374,19 +382,20 @@ def test_refusals_before_heavy_work(tmp_path, qwen2_run, small_tok):
         cfg.replace("text_template: null", "text_template: 'Q: {question}\\nA: {answer}'"), encoding="utf-8"
     )
     for fmt in ("ollama", "gguf"):
-        with pytest.raises(E.ExportError, match="plain-text template"):
-            E.plan_export(text_run, fmt)
+        with pytest.raises(ExportError, match="plain-text template"):
+            merge.plan_export(text_run, fmt)
 
     # The command line prints these as one message, exit status 2, no traceback.
     r = cli("export", str(no_adapter), "--format", "merged")
-    assert r.returncode == 2 and "holds no PEFT adapter" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "holds no trained adapter" in r.stderr and "Traceback" not in r.stderr
     r = cli("export", str(qwen2_run), "--format", "onnx")
     assert r.returncode == 2 and "invalid choice: 'onnx'" in r.stderr
 
 
+@pytest.mark.slow
 def test_check_template_cli_reports_a_tampered_export_with_a_diff(llama_small_run, capsys):
     out = llama_small_run.parent / "ollama-tampered"
-    E.export(E.plan_export(llama_small_run, "ollama", out, dtype="float32"))
+    merge.export(merge.plan_export(llama_small_run, "ollama", out, dtype="float32"))
     from thinktune.cli import main
 
     assert main(["check-template", str(llama_small_run), "--export", str(out)]) == 0

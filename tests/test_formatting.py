@@ -11,8 +11,9 @@ import json
 import pytest
 
 from conftest import R1_TEMPLATE_FIXTURE, needs_shared
-from thinktune.data import Example
-from thinktune.formatting import INLINE, REASONING_FIELD, STRIPS_REASONING, TEXT, Formatter, TemplateError
+from thinktune.data.schemas import Example
+from thinktune.errors import TemplateError
+from thinktune.formatting.formatter import INLINE, REASONING_FIELD, STRIPS_REASONING, TEXT, Formatter
 
 EXAMPLES = {
     "en": Example(
@@ -255,6 +256,6 @@ def test_boundary_tokenization_is_reported(r1_think_tokenizer):
 
 @needs_shared(R1_TEMPLATE_FIXTURE)
 def test_packaged_r1_template_matches_the_shared_fixture():
-    from thinktune.assets import R1_TEMPLATE_CONFIG
+    from thinktune.models.assets import R1_TEMPLATE_CONFIG
 
     assert json.loads(R1_TEMPLATE_CONFIG.read_text()) == json.loads(R1_TEMPLATE_FIXTURE.read_text())

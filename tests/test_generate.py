@@ -8,15 +8,11 @@ import types
 
 import pytest
 
-from thinktune.formatting import Formatter
-from thinktune.generate import (
-    GenerationError,
-    HFGenerator,
-    VLLMGenerator,
-    generate,
-    pick_backend,
-    split_reasoning,
-)
+from thinktune.data.reasoning import split_reasoning
+from thinktune.errors import GenerationError
+from thinktune.formatting.formatter import Formatter
+from thinktune.infer.generate import HFGenerator, generate
+from thinktune.infer.vllm import VLLMGenerator, pick_backend
 
 # ------------------------------------------------------------------------------------------ split
 

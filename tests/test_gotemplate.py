@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thinktune.gotemplate import GoTemplateError, render
+from thinktune.errors import GoTemplateError
+from thinktune.export.gotemplate import render
 
 MESSAGES = [
     {"Role": "system", "Content": "S"},

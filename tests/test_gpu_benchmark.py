@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # runs python benchmarks/gpu.py in a subprocess
 
 
 def test_gpu_benchmark_smoke_writes_every_part(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thinktune.generate import Generation
-from thinktune.health import generation_record, health_metrics, repeated_ngram_rate
+from thinktune.evals.health import health_metrics, measure, repeated_ngram_rate
+from thinktune.infer.generate import Generation
 
 
 def test_repeated_ngram_rate():
@@ -38,21 +38,19 @@ def gen(reasoning: str, answer: str, *, closed=True, stopped=True, rt=0, at=0) -
 def test_health_metrics_known_values():
     looping = " ".join(["the patient is stable"] * 10)
     records = [
-        generation_record(
+        measure(
             "What causes scurvy?",
             gen("Vitamin C is needed for collagen.", "Vitamin C deficiency.", rt=10, at=4),
         ),
-        generation_record(
-            "坏血病的原因是什么？", gen("维生素C缺乏。", "维生素C缺乏导致坏血病。", rt=20, at=8)
-        ),
-        generation_record(
+        measure("坏血病的原因是什么？", gen("维生素C缺乏。", "维生素C缺乏导致坏血病。", rt=20, at=8)),
+        measure(
             "坏血病的原因是什么？", gen("Vitamin C.", "It is vitamin C deficiency.", rt=30, at=6)
         ),  # English out
-        generation_record("Why?", gen(looping, "", closed=False, stopped=False, rt=40, at=0)),
+        measure("Why?", gen(looping, "", closed=False, stopped=False, rt=40, at=0)),
     ]
-    assert [r["repeat_rate"] for r in records[:3]] == [0.0, 0.0, 0.0]
+    assert [r.repeat_rate for r in records[:3]] == [0.0, 0.0, 0.0]
     # "<think>" + 40 words: 38 4-grams, of which 5 are new (the one with "<think>" and 4 of the cycle)
-    assert records[3]["repeat_rate"] == pytest.approx(33 / 38, abs=1e-4)
+    assert records[3].repeat_rate == pytest.approx(33 / 38, abs=1e-4)
     h = health_metrics(records)
     assert h["generations"] == 4
     assert h["closed_think_share"] == 0.75

@@ -10,12 +10,15 @@ import torch
 from torch import nn
 
 from _train_helpers import arithmetic_rows, quick_config, single_thread
-from thinktune import kernels
-from thinktune import train as T
-from thinktune.data import Example
-from thinktune.formatting import Formatter
-from thinktune.modeling import load_model, load_tokenizer
+from thinktune.data.schemas import Example
+from thinktune.formatting.formatter import Formatter
+from thinktune.models.fastpath import decoding, lora, loss_head
+from thinktune.models.loading import load_model, load_tokenizer
+from thinktune.models.precision import resolve_precision
 from thinktune.rundir import RunDir
+from thinktune.train.trainer import build_trainer
+
+FP32 = resolve_precision("float32", "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -29,13 +32,13 @@ def _one_thread():
 
 def test_onepass_logprob_matches_log_softmax_values_and_gradient():
     gen = torch.Generator().manual_seed(0)
-    n, h, v = kernels.TILE * 2 + 37, 24, 300  # three tiles, the last one partial
+    n, h, v = loss_head.TILE * 2 + 37, 24, 300  # three tiles, the last one partial
     hidden = torch.randn(n, h, dtype=torch.float64, generator=gen, requires_grad=True)
     weight = torch.randn(v, h, dtype=torch.float64, generator=gen)
     targets = torch.randint(0, v, (n,), generator=gen)
     upstream = torch.randn(n, dtype=torch.float64, generator=gen)
 
-    logp, entropy, top1 = kernels.OnePassLogProb.apply(hidden, weight, targets)
+    logp, entropy, top1 = loss_head.OnePassLogProb.apply(hidden, weight, targets)
     (logp * upstream).sum().backward()
 
     ref_hidden = hidden.detach().clone().requires_grad_()
@@ -53,10 +56,12 @@ def test_onepass_logprob_matches_log_softmax_values_and_gradient():
 def test_onepass_logprob_without_grad_and_without_tokens():
     weight = torch.randn(50, 8)
     with torch.no_grad():
-        logp, _, _ = kernels.OnePassLogProb.apply(torch.randn(5, 8), weight, torch.zeros(5, dtype=torch.long))
+        logp, _, _ = loss_head.OnePassLogProb.apply(
+            torch.randn(5, 8), weight, torch.zeros(5, dtype=torch.long)
+        )
     assert logp.shape == (5,) and bool((logp <= 0).all())
     empty = torch.zeros(0, 8, requires_grad=True)
-    logp, entropy, top1 = kernels.OnePassLogProb.apply(empty, weight, torch.zeros(0, dtype=torch.long))
+    logp, entropy, top1 = loss_head.OnePassLogProb.apply(empty, weight, torch.zeros(0, dtype=torch.long))
     assert logp.shape == entropy.shape == top1.shape == (0,)
     logp.sum().backward()
     assert empty.grad is not None and empty.grad.shape == (0, 8)
@@ -70,10 +75,10 @@ def _trainer(tmp_path, model_dir, *overrides):
     fmt = Formatter(tok)
     enc = [fmt.encode(Example(r["Question"], r["Complex_CoT"], r["Response"])) for r in arithmetic_rows(3)]
     torch.manual_seed(0)
-    model = load_model(cfg.model, device="cpu", dtype="float32", attn_implementation="sdpa")
+    model = load_model(cfg.model, device="cpu", precision=FP32, attention="sdpa")
     run = RunDir(tmp_path / "run")
     run.path.mkdir(parents=True)
-    trainer, _ = T.build_trainer(cfg, model, tok, enc, [], run, device="cpu", precision="fp32")
+    trainer, _ = build_trainer(cfg, model, tok, enc, [], run, device="cpu", precision=FP32)
     gen = torch.Generator().manual_seed(1)
     for name, p in trainer.model.named_parameters():
         if "lora_B" in name:  # PEFT starts B at zero; a non-zero adapter makes the gradients of A count too
@@ -108,14 +113,14 @@ def test_onepass_head_gives_trls_loss_and_gradients(tmp_path, tiny_qwen2_dir):
 def test_onepass_head_defers_to_trl_where_it_would_not_be_exact(tmp_path, tiny_qwen2_dir, monkeypatch):
     torch.manual_seed(0)
     cfg = quick_config(tmp_path, tiny_qwen2_dir)
-    model = load_model(cfg.model, device="cpu", dtype="float32", attn_implementation="sdpa")
+    model = load_model(cfg.model, device="cpu", precision=FP32, attention="sdpa")
     model.config.final_logit_softcapping = 30.0
-    assert not kernels.install_onepass_head(model)  # a soft-capped head: TRL's path, untouched
+    assert not loss_head.install_onepass_head(model)  # a soft-capped head: TRL's path, untouched
     model.config.final_logit_softcapping = None
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    assert kernels.install_onepass_head(model)
+    assert loss_head.install_onepass_head(model)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     labels = torch.tensor([[-100, -100, 7, 8, 9]])
     out = model(input_ids=ids, labels=labels, fused_lm_head=True)
@@ -124,16 +129,16 @@ def test_onepass_head_defers_to_trl_where_it_would_not_be_exact(tmp_path, tiny_q
     def refuse(*_a, **_k):
         raise AssertionError("the one-pass head must not serve a trained head")
 
-    monkeypatch.setattr(kernels.OnePassLogProb, "apply", refuse)
+    monkeypatch.setattr(loss_head.OnePassLogProb, "apply", refuse)
     trl_out = model(input_ids=ids, labels=labels, fused_lm_head=True)
     assert trl_out.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
 
 
 def test_loss_head_auto_is_onepass_off_triton_devices():
-    assert kernels.use_onepass_head("auto", "cpu")
-    assert not kernels.use_onepass_head("auto", "cuda:0")
-    assert kernels.use_onepass_head("onepass", "cuda:0")
-    assert not kernels.use_onepass_head("trl", "cpu")
+    assert loss_head.use_onepass_head("auto", "cpu")
+    assert not loss_head.use_onepass_head("auto", "cuda:0")
+    assert loss_head.use_onepass_head("onepass", "cuda:0")
+    assert not loss_head.use_onepass_head("trl", "cpu")
 
 
 # ------------------------------------------------------------------------------------------ dropout
@@ -142,7 +147,7 @@ def test_loss_head_auto_is_onepass_off_triton_devices():
 def test_cpu_dropout_rate_scale_and_gradient():
     x = torch.randn(1000, 4000, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(0)
-    y = kernels.dropout(x, 0.05)
+    y = lora.dropout(x, 0.05)
     dropped = (y == 0).double().mean().item()
     assert dropped == pytest.approx(0.05, abs=1e-3)
     kept = y != 0
@@ -151,13 +156,13 @@ def test_cpu_dropout_rate_scale_and_gradient():
     y.sum().backward()
     assert torch.equal(x.grad, kept.double() * scale)
     torch.manual_seed(0)
-    again = kernels.dropout(x.detach(), 0.05)
+    again = lora.dropout(x.detach(), 0.05)
     assert torch.equal(again, y.detach())  # seeded like every other torch random op
 
 
 def test_shared_dropout_shares_only_the_same_unchanged_input():
-    memo = kernels._Memo()
-    q, k = kernels.SharedDropout(0.5, memo), kernels.SharedDropout(0.5, memo)
+    memo = lora._Memo()
+    q, k = lora.SharedDropout(0.5, memo), lora.SharedDropout(0.5, memo)
     x = torch.randn(64, 64)
     first = q(x)
     assert k(x) is first  # same tensor: same dropped copy
@@ -170,8 +175,8 @@ def test_shared_dropout_shares_only_the_same_unchanged_input():
 
 
 def test_shared_dropout_forgets_an_input_that_is_gone():
-    memo = kernels._Memo()
-    drop = kernels.SharedDropout(0.1, memo)
+    memo = lora._Memo()
+    drop = lora.SharedDropout(0.1, memo)
     x = torch.randn(8, 8)
     drop(x)
     assert memo.output is not None
@@ -187,14 +192,14 @@ def test_share_lora_dropout_replaces_every_peft_dropout(tmp_path, tiny_qwen2_dir
     model = load_model(
         quick_config(tmp_path, tiny_qwen2_dir).model,
         device="cpu",
-        dtype="float32",
-        attn_implementation="sdpa",
+        precision=FP32,
+        attention="sdpa",
     )
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_dropout=0.1, target_modules="all-linear"))
     layers = model.config.num_hidden_layers
-    assert kernels.share_lora_dropout(peft_model) == 7 * layers
+    assert lora.share_lora_dropout(peft_model) == 7 * layers
     drops = [m for m in peft_model.modules() if isinstance(m, nn.Dropout)]
-    assert drops and all(isinstance(m, kernels.SharedDropout) for m in drops)
+    assert drops and all(isinstance(m, lora.SharedDropout) for m in drops)
     memos = {id(m._memo) for m in drops}
     assert len(memos) == 1  # one memo per model
     peft_model.train()
@@ -221,7 +226,7 @@ def test_lora_linear_matches_peft_arithmetic(with_dropout):
         return torch.autograd.grad((y * upstream).sum(), (x, a, b), retain_graph=True)
 
     dropped = x * keep / 0.7 if with_dropout else None
-    out = kernels.LoraLinear.apply(x, dropped, weight, bias, a, b, 2.5)
+    out = lora.LoraLinear.apply(x, dropped, weight, bias, a, b, 2.5)
     d = dropped if with_dropout else x
     ref = nn.functional.linear(x, weight, bias) + nn.functional.linear(nn.functional.linear(d, a), b) * 2.5
     assert torch.allclose(out, ref, atol=1e-12)
@@ -229,7 +234,7 @@ def test_lora_linear_matches_peft_arithmetic(with_dropout):
         assert torch.allclose(got, want, atol=1e-12)
     free = torch.randn(2, 5, 6, generator=gen, **f64).requires_grad_()  # a dropped input as its own leaf
     assert torch.autograd.gradcheck(
-        lambda xx, dd, aa, bb: kernels.LoraLinear.apply(
+        lambda xx, dd, aa, bb: lora.LoraLinear.apply(
             xx, dd if with_dropout else None, weight, None, aa, bb, 0.5
         ),
         (x, free, a, b),
@@ -241,7 +246,7 @@ def _peft_tiny(tmp_path, model_dir, **lora):
 
     torch.manual_seed(0)
     model = load_model(
-        quick_config(tmp_path, model_dir).model, device="cpu", dtype="float32", attn_implementation="sdpa"
+        quick_config(tmp_path, model_dir).model, device="cpu", precision=FP32, attention="sdpa"
     )
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", **lora))
     gen = torch.Generator().manual_seed(1)
@@ -278,18 +283,18 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tmp_path, tiny_qw
         with model.disable_adapter():
             base = model(input_ids=ids).logits
         assert not torch.allclose(plain, base, atol=1e-4)  # the adapter matters
-        assert kernels.fuse_lora_linears(model) == 7 * model.config.num_hidden_layers
-        assert kernels.fuse_lora_linears(model) == 0  # once per module
+        assert lora.fuse_lora_linears(model) == 7 * model.config.num_hidden_layers
+        assert lora.fuse_lora_linears(model) == 0  # once per module
         assert torch.allclose(model(input_ids=ids).logits, plain, atol=1e-5)
         with model.disable_adapter():
             assert torch.allclose(model(input_ids=ids).logits, base, atol=1e-5)
         served = []
-        real = kernels._mixed_rows
-        kernels._mixed_rows = lambda *a: served.append(real(*a)) or served[-1]
+        real = lora._mixed_rows
+        lora._mixed_rows = lambda *a: served.append(real(*a)) or served[-1]
         try:  # a mixed batch: one kernel call per projection, no PEFT gather/scatter
             mixed = model(input_ids=ids, adapter_names=["__base__", "default"]).logits
         finally:
-            kernels._mixed_rows = real
+            lora._mixed_rows = real
         assert len(served) == 7 * model.config.num_hidden_layers and all(y is not None for y in served)
         assert torch.allclose(mixed[0], base[0], atol=1e-5) and torch.allclose(mixed[1], plain[1], atol=1e-5)
         model.merge_adapter()
@@ -299,23 +304,23 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tmp_path, tiny_qw
     dora = _peft_tiny(tmp_path / "dora", tiny_qwen2_dir, use_dora=True).eval()
     with torch.no_grad():
         want = dora(input_ids=ids).logits
-        kernels.fuse_lora_linears(dora)
+        lora.fuse_lora_linears(dora)
 
         def refuse(*_a, **_k):
             raise AssertionError("DoRA is not plain LoRA: PEFT's forward must run")
 
-        kernels.LoraLinear.apply, saved = refuse, kernels.LoraLinear.apply
+        lora.LoraLinear.apply, saved = refuse, lora.LoraLinear.apply
         try:
             assert torch.allclose(dora(input_ids=ids).logits, want, atol=1e-6)
         finally:
-            kernels.LoraLinear.apply = saved
+            lora.LoraLinear.apply = saved
 
 
 def test_lora_kernel_auto_is_fused_off_cuda():
-    assert kernels.use_lora_kernel("auto", "cpu")
-    assert not kernels.use_lora_kernel("auto", "cuda:0")
-    assert kernels.use_lora_kernel("fused", "cuda:0")
-    assert not kernels.use_lora_kernel("peft", "cpu")
+    assert lora.use_lora_kernel("auto", "cpu")
+    assert not lora.use_lora_kernel("auto", "cuda:0")
+    assert lora.use_lora_kernel("fused", "cuda:0")
+    assert not lora.use_lora_kernel("peft", "cpu")
 
 
 # ------------------------------------------------------------------------------------------ decoding head
@@ -333,18 +338,18 @@ def test_skinny_head_gives_the_same_logits_and_is_removed_afterwards():
             return self.lm_head
 
     model = Tiny()
-    few, many = torch.randn(2, 3, 16), torch.randn(1, kernels.SKINNY_ROWS + 1, 16)
+    few, many = torch.randn(2, 3, 16), torch.randn(1, decoding.SKINNY_ROWS + 1, 16)
     want_few, want_many = model.lm_head(few).detach(), model.lm_head(many).detach()
-    with torch.no_grad(), kernels.skinny_head(model):
+    with torch.no_grad(), decoding.skinny_head(model):
         assert "forward" in vars(model.lm_head)
         assert torch.allclose(model.lm_head(few), want_few, atol=1e-5)
         assert torch.allclose(model.lm_head(many), want_many, atol=1e-5)
     assert "forward" not in vars(model.lm_head)
-    with kernels.skinny_head(model):  # with gradients on (training), nn.Linear's own path
+    with decoding.skinny_head(model):  # with gradients on (training), nn.Linear's own path
         out = model.lm_head(few)
         out.sum().backward()
     assert model.lm_head.weight.grad is not None
     biased = Tiny()
     biased.lm_head = nn.Linear(16, 300)
-    with kernels.skinny_head(biased):
+    with decoding.skinny_head(biased):
         assert "forward" not in vars(biased.lm_head)

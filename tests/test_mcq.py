@@ -7,17 +7,12 @@ import json
 import pytest
 
 from conftest import MEDAGENTS, needs_shared
-from thinktune.formatting import Formatter
-from thinktune.tasks.language import detect_language
-from thinktune.tasks.mcq import (
-    MCQError,
-    MCQItem,
-    extract_choice,
-    grade,
-    load_mcq,
-    question_text,
-    wilson_interval,
-)
+from thinktune.errors import MCQError
+from thinktune.evals.grading import extract_choice, grade, score_set, wilson_interval
+from thinktune.evals.language import detect_language
+from thinktune.evals.mcq import Question, load_mcq, question_text
+from thinktune.formatting.formatter import Formatter
+from thinktune.infer.generate import Generation
 
 DRUGS = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Aspirin and clopidogrel"}
 TEN = {k: f"choice {k.lower()}{k.lower()}" for k in "ABCDEFGHIJ"}
@@ -128,7 +123,8 @@ def test_grade_with_baselines(tmp_path):
     assert len(mcq.items) == 4 and mcq.rows_in_file == 6
     assert mcq.letter_counts == {"A": 3, "B": 3} and mcq.constant_letter == "A"  # tie -> earliest letter
     answers = ["The answer is A", "答案：B", "no idea", "**B**"]
-    result = grade(mcq, [extract_choice(a, it.options) for a, it in zip(answers, mcq.items, strict=True)])
+    said = [Generation("p", a, "", a, True, True, True, False, 1) for a in answers]
+    result = score_set(mcq, [grade(it, g) for g, it in zip(said, mcq.items, strict=True)])
     assert result["questions"] == 4 and result["correct"] == 2 and result["unparseable"] == 1
     assert result["accuracy"] == 0.5 and result["accuracy_of_parsed"] == pytest.approx(2 / 3)
     assert result["ci95"] == pytest.approx(list(wilson_interval(2, 4)))
@@ -165,8 +161,8 @@ def test_bad_benchmark_files_name_the_rows(tmp_path):
 
 def test_prompt_goes_through_the_formatter_in_the_question_language(qwen3_tokenizer):
     fmt = Formatter(qwen3_tokenizer)
-    en = MCQItem("Which drug reverses heparin?", {"A": "Vitamin K", "B": "Protamine"}, "B", 1)
-    zh = MCQItem("哪种药物可以逆转肝素？", {"A": "维生素K", "B": "鱼精蛋白"}, "B", 2)
+    en = Question("Which drug reverses heparin?", {"A": "Vitamin K", "B": "Protamine"}, "B", 1)
+    zh = Question("哪种药物可以逆转肝素？", {"A": "维生素K", "B": "鱼精蛋白"}, "B", 2)
     text_en, text_zh = question_text(en), question_text(zh)
     assert "A. Vitamin K\nB. Protamine" in text_en and '"The answer is X"' in text_en and "(A-B)" in text_en
     assert "B. 鱼精蛋白" in text_zh and "答案：X" in text_zh

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_DATA, ROOT, cli, needs_shared
-from thinktune import model_specs, plan
-from thinktune.config import load_config
-from thinktune.model_specs import KNOWN_CONFIGS, ModelSpecError, arch_from_config, load_arch, load_config_dict
-from thinktune.plan import ALL_LINEAR, GiB, PlanError, Setup, estimate, recommend
+from thinktune.configfile import load_config
+from thinktune.errors import DoesNotFitError, ModelSpecError, PlanError
+from thinktune.plan import arch as arch_module
+from thinktune.plan import recommend as plan
+from thinktune.plan.arch import KNOWN_CONFIGS, arch_from_config, load_arch, load_config_dict
+from thinktune.plan.memory import ALL_LINEAR, GiB, Setup, estimate, lora_param_count, saved_bytes
+from thinktune.plan.recommend import recommend
 
 R1_15B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 R1_7B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
@@ -42,7 +45,7 @@ def test_parameter_counts_match_transformers_and_peft(name):
         assert arch.total_params == sum(p.numel() for p in model.parameters())
         peft_model = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear"))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert plan.lora_param_count(arch, 16, ALL_LINEAR) == trainable
+    assert lora_param_count(arch, 16, ALL_LINEAR) == trainable
 
 
 def test_r1_parameter_count_matches_transformers():
@@ -72,7 +75,7 @@ def test_published_sizes_of_the_flagship_models():
 def test_embedded_smollm2_config_matches_its_gguf():
     from transformers import AutoConfig
 
-    from thinktune import assets
+    from thinktune.models import assets
 
     gguf = assets.smollm2_gguf_path()
     derived = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
@@ -205,13 +208,14 @@ def test_saved_activations_match_autograd(family, precision, dropout, targets, r
         loss="full",
         device="cpu",
     )
-    predicted = sum(plan.saved_bytes(arch_from_config(config, family), s).values())
+    predicted = sum(saved_bytes(arch_from_config(config, family), s).values())
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
 # ------------------------------------------------------------------------------------------ measured peaks
 
 
+@pytest.mark.slow
 def test_estimate_matches_measured_cpu_peak():
     """End to end: real LoRA training steps (fp32, CPU, a fresh process), peak read from the allocator's running
     total. 10% is the defended tolerance: tensors are counted exactly (the test above); what remains is the
@@ -235,6 +239,7 @@ def test_estimate_matches_measured_cpu_peak():
     assert [r["estimate_phase"] for r in rows] == ["loss", "loss", "layer recompute"]
 
 
+@pytest.mark.slow
 def test_gpu_check_script_runs_on_cpu(tmp_path):
     """benchmarks/plan_gpu_check.py is run once on a GPU by hand; --tiny proves it works end to end here."""
     out = subprocess.run(
@@ -351,7 +356,7 @@ def test_check_fits_before_loading_weights():
     # No GPU and no budget: nothing to check (the CPU path of `thinktune train`).
     assert plan.check_fits(cfg) == (True, None, None)
     assert plan.detected_vram() is None
-    with pytest.raises(plan.DoesNotFitError) as e:
+    with pytest.raises(DoesNotFitError) as e:
         plan.ensure_fits(
             load_config(None, [f"model.name_or_path={R1_7B}"]), 8 * GiB, gpu_name="RTX 4060 Laptop GPU"
         )
@@ -389,6 +394,7 @@ def test_setup_follows_the_config():
 # ------------------------------------------------------------------------------------------ CLI
 
 
+@pytest.mark.slow
 def test_cli_plan_prints_table_and_overrides():
     out = cli("plan", "--model", R1_15B, "--vram", "8GB")
     assert out.returncode == 0, out.stderr
@@ -397,6 +403,7 @@ def test_cli_plan_prints_table_and_overrides():
     assert "train.per_device_train_batch_size=" in out.stdout and "data.max_length=" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_plan_json_and_qlora():
     out = cli("plan", "--model", R1_7B, "--vram", "8GB", "--qlora", "--batch", "1", "--json")
     assert out.returncode == 0, out.stderr
@@ -410,16 +417,19 @@ def test_cli_plan_json_and_qlora():
     assert data["arch"]["vocab_size"] == 152064
 
 
+@pytest.mark.slow
 def test_cli_plan_without_budget_or_gpu_is_a_usage_error():
     out = cli("plan", "--model", R1_15B)
     assert out.returncode == 2 and "--vram 8GB" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_plan_nothing_fits_exits_1():
     out = cli("plan", "--model", R1_14B, "--vram", "2GB")
     assert out.returncode == 1 and "nothing tried fits" in out.stdout
 
 
+@pytest.mark.slow
 @needs_shared(DEMO_DATA)
 def test_cli_plan_measures_data_with_a_stand_in_tokenizer():
     out = cli("plan", "--model", R1_15B, "--vram", "8GB", "--data", str(DEMO_DATA))
@@ -428,8 +438,9 @@ def test_cli_plan_measures_data_with_a_stand_in_tokenizer():
     assert "p99" in out.stdout and "of the examples whole" in out.stdout
 
 
+@pytest.mark.slow
 def test_model_specs_module_has_no_heavy_imports():
-    code = "import sys, thinktune.plan, thinktune.model_specs; print('torch' in sys.modules)"
+    code = "import sys, thinktune.plan.recommend, thinktune.plan.arch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
-    assert Path(model_specs.__file__).name == "model_specs.py"
+    assert Path(arch_module.__file__).name == "arch.py"

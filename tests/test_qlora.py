@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from thinktune.config import ModelConfig, load_config, validate
-from thinktune.errors import ThinktuneError
-from thinktune.modeling import (
-    ModelLoadError,
+from thinktune.config import ModelConfig, validate
+from thinktune.configfile import load_config
+from thinktune.errors import ModelLoadError, ThinktuneError
+from thinktune.models.qlora import (
     build_quantization_config,
     prepare_kbit_model,
     qlora_settings,

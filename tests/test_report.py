@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 
-from _eval_helpers import METRICS
-from thinktune.config import Config, dump_yaml
-from thinktune.report import build_html, load_run_files, loss_plot, write_report
+from _runs import write_metrics
+from thinktune.config import Config
+from thinktune.evals.records import ComparePair, Output
+from thinktune.report.files import load_run_files
+from thinktune.report.html import build_html, write_report
+from thinktune.report.plots import loss_plot
+from thinktune.rundir import RunDir
+from thinktune.train.runfolder import write_config
+from thinktune.utils import write_jsonl
 
 
-def _side(reasoning: str, answer: str, **kw) -> dict:
+def _side(reasoning: str, answer: str, **kw) -> Output:
     side = {
         "reasoning": reasoning,
         "answer": answer,
@@ -22,14 +28,14 @@ def _side(reasoning: str, answer: str, **kw) -> dict:
         "repeat_rate": 0.0,
         "answer_language": "en",
     }
-    return {**side, **kw}
+    return Output(**{**side, **kw})
 
 
 def _config(tmp_path, **model) -> None:
     cfg = Config()
     cfg.model.name_or_path = model.get("name", "Qwen/Qwen3-0.6B")
     cfg.data.source = "FreedomIntelligence/medical-o1-reasoning-SFT"
-    (tmp_path / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    write_config(RunDir(tmp_path), cfg)
 
 
 def test_a_fresh_run_folder_says_what_to_run(tmp_path):
@@ -46,7 +52,7 @@ def test_a_fresh_run_folder_says_what_to_run(tmp_path):
 def test_metrics_with_optional_fields_missing_still_plot(tmp_path):
     _config(tmp_path)
     lines = [
-        *METRICS,
+        *write_metrics(tmp_path / "metrics.jsonl"),  # what training writes, then lines lacking fields
         {"step": 25},
         {"epoch": 2.5, "loss": 1.8},
         {"step": 30, "loss": None, "eval_loss": 2.2},
@@ -63,18 +69,18 @@ def test_metrics_with_optional_fields_missing_still_plot(tmp_path):
 def test_text_from_the_model_is_escaped(tmp_path):
     _config(tmp_path)
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-    pair = {
-        "set": "validation",
-        "index": 0,
-        "question": f"Q {evil}",
-        "question_language": "en",
-        "options": {"A": evil, "B": "fine"},
-        "reference": "fine",
-        "reference_letter": "B",
-        "base": _side(f"think {evil}", f"answer {evil}", predicted="A", correct=False),
-        "tuned": _side("short", "The answer is B", predicted="B", correct=True),
-    }
-    (tmp_path / "compare.jsonl").write_text(json.dumps(pair) + "\n")
+    pair = ComparePair(
+        set="validation",
+        index=0,
+        question=f"Q {evil}",
+        question_language="en",
+        options={"A": evil, "B": "fine"},
+        reference="fine",
+        reference_letter="B",
+        base=_side(f"think {evil}", f"answer {evil}", predicted="A", correct=False),
+        tuned=_side("short", "The answer is B", predicted="B", correct=True),
+    )
+    write_jsonl(tmp_path / "compare.jsonl", [pair.to_dict()])  # as compare writes it
     html = build_html(load_run_files(tmp_path))
     assert "<script" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
@@ -111,7 +117,7 @@ def test_accuracy_and_health_come_from_eval_and_compare_files(tmp_path):
 def test_write_report_replaces_the_page(tmp_path):
     _config(tmp_path)
     first = write_report(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in METRICS))
+    write_metrics(tmp_path / "metrics.jsonl")
     second = write_report(tmp_path)
     assert first == second == tmp_path / "report.html"
     assert 'id="loss-plot"' in second.read_text(encoding="utf-8")

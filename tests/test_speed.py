@@ -11,14 +11,23 @@ import pytest
 import torch
 
 from _train_helpers import arithmetic_rows, quick_config, refuse_weight_loading, refused, single_thread
-from thinktune import plan, speed
-from thinktune import train as T
-from thinktune.config import load_config
-from thinktune.data import Example
-from thinktune.formatting import Formatter
-from thinktune.model_specs import KNOWN_CONFIGS
-from thinktune.modeling import load_model, load_tokenizer
+from thinktune.configfile import load_config
+from thinktune.data.schemas import Example
+from thinktune.formatting.formatter import Formatter
+from thinktune.models.attention import (
+    PACKED_SDPA,
+    implementation_name,
+    register_packed_sdpa,
+    resolve_attention,
+)
+from thinktune.models.loading import load_model, load_tokenizer
+from thinktune.models.precision import resolve_precision
+from thinktune.plan import recommend as plan
+from thinktune.plan.arch import KNOWN_CONFIGS
 from thinktune.rundir import RunDir
+from thinktune.train.trainer import build_trainer, quiet_renames, sft_config, use_gradient_checkpointing
+
+FP32 = resolve_precision("float32", "cpu")
 
 GiB = 2**30
 
@@ -73,13 +82,13 @@ def test_unfit_config_stops_with_the_plans_recommendation_before_loading(tmp_pat
 def test_checkpointing_auto_follows_the_plan(tmp_path, monkeypatch, tiny_qwen2_dir):
     model = _flagship_folder(tmp_path, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     cfg = quick_config(tmp_path, model, "data.max_length=4096", "train.per_device_train_batch_size=2")
-    assert speed.use_gradient_checkpointing(cfg, "cpu") is False  # CPU: never by default
+    assert use_gradient_checkpointing(cfg, "cpu") is False  # CPU: never by default
     monkeypatch.setattr(plan, "detected_gpu", lambda: ("big GPU", 80 * GiB, True))
-    assert speed.use_gradient_checkpointing(cfg, "cuda:0") is False  # fits without: no recomputation
+    assert use_gradient_checkpointing(cfg, "cuda:0") is False  # fits without: no recomputation
     monkeypatch.setattr(plan, "detected_gpu", lambda: ("small GPU", 8 * GiB, True))
-    assert speed.use_gradient_checkpointing(cfg, "cuda:0") is True  # only fits with it
+    assert use_gradient_checkpointing(cfg, "cuda:0") is True  # only fits with it
     cfg.train.gradient_checkpointing = "off"
-    assert speed.use_gradient_checkpointing(cfg, "cuda:0") is False  # an explicit choice is kept
+    assert use_gradient_checkpointing(cfg, "cuda:0") is False  # an explicit choice is kept
 
 
 def test_speed_options_reach_the_trainer_config(tmp_path, tiny_qwen2_dir):
@@ -90,26 +99,31 @@ def test_speed_options_reach_the_trainer_config(tmp_path, tiny_qwen2_dir):
         "train.torch_compile=true",
         "train.padding_free=false",
     )
-    args = T.sft_config(cfg, RunDir(tmp_path), device="cpu", precision="fp32", has_eval=False, resuming=False)
+    args = sft_config(cfg, RunDir(tmp_path), device="cpu", precision=FP32, has_eval=False, resuming=False)
     assert args.train_sampling_strategy == "group_by_length"
     assert args.torch_compile is True and args.padding_free is False
     assert args.gradient_checkpointing is False and args.use_liger_kernel is False
-    default = T.sft_config(
+    default = sft_config(
         quick_config(tmp_path, tiny_qwen2_dir),
         RunDir(tmp_path),
         device="cpu",
-        precision="fp32",
+        precision=FP32,
         has_eval=False,
         resuming=False,
     )
     assert default.padding_free is True and default.train_sampling_strategy == "random"
 
 
+def _training_attention(requested: str, device: str, padding_free: bool) -> str:
+    return implementation_name(resolve_attention(requested, device, padding_free=padding_free))
+
+
 def test_training_attention_choices():
-    assert speed.training_attention("auto", "cpu", padding_free=True) == speed.PACKED_SDPA
-    assert speed.training_attention("auto", "cpu", padding_free=False) == "sdpa"
-    assert speed.training_attention("packed_sdpa", "cpu", padding_free=False) == speed.PACKED_SDPA
-    assert speed.training_attention("eager", "cpu", padding_free=True) == "eager"
+    assert _training_attention("auto", "cpu", padding_free=True) == PACKED_SDPA
+    assert _training_attention("auto", "cpu", padding_free=False) == "sdpa"
+    assert _training_attention("packed_sdpa", "cpu", padding_free=False) == PACKED_SDPA
+    assert _training_attention("eager", "cpu", padding_free=True) == "eager"
+    assert resolve_attention("auto", "cuda", flash_available=True) == "flash_attention_2"
 
 
 # ------------------------------------------------------------------------------------------ packed attention
@@ -149,7 +163,7 @@ def _packed_batch(lengths: list[int], vocab: int) -> dict[str, torch.Tensor]:
 def test_packed_sdpa_equals_dense_sdpa_loss_and_gradients(tiny_qwen2_dir):
     lengths = [23, 7, 41, 16]
     dense = _tiny_model(tiny_qwen2_dir, "sdpa")
-    packed = _tiny_model(tiny_qwen2_dir, speed.register_packed_sdpa())
+    packed = _tiny_model(tiny_qwen2_dir, register_packed_sdpa())
     batch = _packed_batch(lengths, dense.config.vocab_size)
     results = []
     for model in (dense, packed):
@@ -179,7 +193,7 @@ def test_packed_sdpa_equals_dense_sdpa_loss_and_gradients(tiny_qwen2_dir):
 def test_packed_sdpa_separates_examples_even_with_a_kv_cache(tiny_qwen2_dir):
     """transformers' SDPA derives the block mask from position ids only without a cache; the packed path does
     not depend on that."""
-    packed = _tiny_model(tiny_qwen2_dir, speed.register_packed_sdpa())
+    packed = _tiny_model(tiny_qwen2_dir, register_packed_sdpa())
     batch = _packed_batch([12, 20], packed.config.vocab_size)
     with torch.no_grad():
         with_cache = packed(**batch, use_cache=True).loss.item()
@@ -191,7 +205,7 @@ def test_packed_sdpa_generates_like_sdpa(tiny_qwen2_dir):
     tok = load_tokenizer(load_config(None, [f"model.name_or_path={tiny_qwen2_dir}"]).model)
     prompts = tok(["What is 2 plus 3?", "Hi"], return_tensors="pt", padding=True, padding_side="left")
     outs = []
-    for attention in ("sdpa", speed.register_packed_sdpa()):
+    for attention in ("sdpa", register_packed_sdpa()):
         model = _tiny_model(tiny_qwen2_dir, attention)
         outs.append(
             model.generate(**prompts, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -225,13 +239,13 @@ def _losses(tiny_qwen2_dir, tmp_path, *overrides: str) -> list[float]:
     fmt = Formatter(tok)
     rows = arithmetic_rows(12)  # 4 batches, repeated: a curve that keeps falling over the 50 steps
     enc = [fmt.encode(Example(r["Question"], r["Complex_CoT"], r["Response"])) for r in rows]
-    attention = speed.training_attention(cfg.model.attn_implementation, "cpu", cfg.train.padding_free)
+    attention = resolve_attention(cfg.model.attn_implementation, "cpu", padding_free=cfg.train.padding_free)
     torch.manual_seed(cfg.train.seed)
-    model = load_model(cfg.model, device="cpu", dtype="float32", attn_implementation=attention)
+    model = load_model(cfg.model, device="cpu", precision=FP32, attention=attention)
     run = RunDir(tmp_path / "run")
     run.path.mkdir(parents=True)
-    trainer, _ = T.build_trainer(cfg, model, tok, enc, [], run, device="cpu", precision="fp32")
-    with T._quiet_renames():
+    trainer, _ = build_trainer(cfg, model, tok, enc, [], run, device="cpu", precision=FP32)
+    with quiet_renames():
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == STEPS
@@ -256,6 +270,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_each_option_keeps_the_per_step_losses(option, baseline, tiny_qwen2_dir, tmp_path):
     losses = _losses(tiny_qwen2_dir, tmp_path, *OPTIONS[option])
@@ -266,6 +281,7 @@ def test_each_option_keeps_the_per_step_losses(option, baseline, tiny_qwen2_dir,
         assert b == pytest.approx(a, rel=0.01), f"{option}: step {step} loss {b} vs {a} without it"
 
 
+@pytest.mark.slow
 def test_shared_dropout_keeps_the_per_step_losses(tiny_qwen2_dir, tmp_path):
     """Shared masks change which noise each projection sees, not how much: the curves with PEFT's own
     per-projection dropout and with the shared one stay within 1% of each other over 50 steps (measured: 0.95%

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from thinktune import templatecheck as tc
-from thinktune.formatting import Formatter
+from thinktune.errors import TemplateExportError
+from thinktune.export import ollama, templatecheck
+from thinktune.formatting.formatter import Formatter, adds_bos
 
 FAMILIES = ["r1_tokenizer", "r1_think_tokenizer", "qwen3_tokenizer", "smollm2_tokenizer"]
 
 
 def _artefacts(fmt: Formatter):
     tok = fmt.tokenizer
-    bos = tc.adds_bos(tok)
+    bos = adds_bos(tok)
     gguf = {
         "chat_template": fmt.chat_template,
         "bos": tok.bos_token or "",
@@ -22,7 +23,9 @@ def _artefacts(fmt: Formatter):
         "eot_id": fmt.eot_id,
         "add_bos": bos,
     }
-    mf = tc.modelfile(fmt, source=".", runtime_adds_bos=bos, stops=[fmt.eot], parameters={"temperature": 0.6})
+    mf = ollama.modelfile(
+        fmt, source=".", runtime_adds_bos=bos, stops=[fmt.eot], parameters={"temperature": 0.6}
+    )
     return gguf, mf, bos
 
 
@@ -31,11 +34,13 @@ def _artefacts(fmt: Formatter):
 def test_all_sources_render_the_training_prompt(request, tokenizer_fixture, system_prompt):
     fmt = Formatter(request.getfixturevalue(tokenizer_fixture), system_prompt=system_prompt)
     gguf, mf, bos = _artefacts(fmt)
-    result = tc.check(fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos, generation_eos_ids=[fmt.eot_id])
+    result = templatecheck.check(
+        fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos, generation_eos_ids=[fmt.eot_id]
+    )
     assert result.ok, result.summary()
     assert len(result.sources) == 4
-    assert result.cases >= len(tc.SAMPLE_CONVERSATIONS)
-    parsed = tc.parse_modelfile(mf)
+    assert result.cases >= len(templatecheck.SAMPLE_CONVERSATIONS)
+    parsed = ollama.parse_modelfile(mf)
     assert parsed["from"] == "."
     assert ("stop", fmt.eot) in parsed["parameters"]
     assert parsed["system"] == system_prompt
@@ -44,14 +49,16 @@ def test_all_sources_render_the_training_prompt(request, tokenizer_fixture, syst
 def test_qwen3_thinking_switch_is_checked_both_ways(qwen3_tokenizer):
     fmt = Formatter(qwen3_tokenizer)
     gguf, mf, bos = _artefacts(fmt)
-    result = tc.check(fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos)
+    result = templatecheck.check(fmt, gguf=gguf, modelfile_text=mf, ollama_adds_bos=bos)
     assert result.ok, result.summary()
-    assert result.cases == 2 * len(tc.SAMPLE_CONVERSATIONS)  # default (thinking on) and thinking off
-    template = tc.parse_modelfile(mf)["template"]
+    assert result.cases == 2 * len(
+        templatecheck.SAMPLE_CONVERSATIONS
+    )  # default (thinking on) and thinking off
+    template = ollama.parse_modelfile(mf)["template"]
     conv = [{"role": "user", "content": "你好"}]
-    off = tc.render_ollama(template, conv, default_system=None, think=False)
-    on = tc.render_ollama(template, conv, default_system=None, think=True)
-    default = tc.render_ollama(template, conv, default_system=None)
+    off = ollama.render_ollama(template, conv, default_system=None, think=False)
+    on = ollama.render_ollama(template, conv, default_system=None, think=True)
+    default = ollama.render_ollama(template, conv, default_system=None)
     assert off == Formatter(qwen3_tokenizer, reasoning="drop").prompt("你好")
     assert off.endswith("<think>\n\n</think>\n\n")
     assert on == default == fmt.prompt("你好")
@@ -71,8 +78,8 @@ def test_multi_turn_history_follows_the_family(r1_tokenizer, qwen3_tokenizer, sm
 
 def test_r1_think_revision_template_opens_think(r1_think_tokenizer):
     fmt = Formatter(r1_think_tokenizer)
-    template = tc.parse_modelfile(_artefacts(fmt)[1])["template"]
-    out = tc.render_ollama(template, [{"role": "user", "content": "Q"}], default_system=None)
+    template = ollama.parse_modelfile(_artefacts(fmt)[1])["template"]
+    out = ollama.render_ollama(template, [{"role": "user", "content": "Q"}], default_system=None)
     assert out.endswith("<｜Assistant｜><think>\n")
     # Ollama adds BOS itself (add_bos_token), so the template must not write it again.
     assert not out.startswith(r1_think_tokenizer.bos_token)
@@ -84,12 +91,12 @@ def test_a_changed_modelfile_is_reported_as_a_diff(smollm2_tokenizer):
     gguf, mf, bos = _artefacts(fmt)
     broken = mf.replace('{{ "<|im_start|>assistant\\n" }}{{ end }}', '{{ "<|im_start|>assistant" }}{{ end }}')
     assert broken != mf
-    result = tc.check(fmt, modelfile_text=broken)
+    result = templatecheck.check(fmt, modelfile_text=broken)
     assert not result.ok
     assert "--- training prompt (Formatter)" in result.summary()
     assert "+++ Ollama TEMPLATE" in result.summary()
     no_stop = mf.replace(f'PARAMETER stop "{fmt.eot}"', 'PARAMETER stop "</s>"')
-    result = tc.check(fmt, modelfile_text=no_stop)
+    result = templatecheck.check(fmt, modelfile_text=no_stop)
     assert not result.ok and any("PARAMETER stop" in p for p in result.stop_problems)
 
 
@@ -98,7 +105,7 @@ def test_a_changed_gguf_template_and_stop_ids_are_reported(r1_tokenizer):
     gguf, _, _ = _artefacts(fmt)
     gguf["chat_template"] = gguf["chat_template"].replace("{{bos_token}}", "")
     gguf["add_bos"] = False
-    result = tc.check(fmt, gguf=gguf, generation_eos_ids=[12345])
+    result = templatecheck.check(fmt, gguf=gguf, generation_eos_ids=[12345])
     assert not result.ok
     assert any("GGUF chat template" in m for m in result.mismatches)
     assert any("generation_config.json" in p for p in result.stop_problems)
@@ -106,7 +113,7 @@ def test_a_changed_gguf_template_and_stop_ids_are_reported(r1_tokenizer):
 
 def test_modelfile_parser_follows_ollama_quoting():
     text = '# c\nFROM ./m.gguf\nTEMPLATE """a\n  "b" \\n"""\nSYSTEM one line\nPARAMETER stop "<|x|>"\nPARAMETER top_k 20\n'
-    parsed = tc.parse_modelfile(text)
+    parsed = ollama.parse_modelfile(text)
     assert parsed == {
         "from": "./m.gguf",
         "template": 'a\n  "b" \\n',  # backslashes are kept as written
@@ -117,5 +124,5 @@ def test_modelfile_parser_follows_ollama_quoting():
 
 def test_plain_text_template_cannot_become_an_ollama_template(smollm2_tokenizer):
     fmt = Formatter(smollm2_tokenizer, text_template="Q: {question}\nA: {answer}")
-    with pytest.raises(tc.TemplateExportError, match="plain-text template"):
-        tc.ollama_template(fmt, runtime_adds_bos=False)
+    with pytest.raises(TemplateExportError, match="plain-text template"):
+        ollama.ollama_template(fmt, runtime_adds_bos=False)

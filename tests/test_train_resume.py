@@ -22,9 +22,9 @@ from _train_helpers import (
     tiny_training_setup,
     write_config,
 )
-from thinktune.config import load_config
+from thinktune.configfile import load_config
 from thinktune.rundir import RunDir
-from thinktune.train import train
+from thinktune.train.recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,7 @@ def test_a_run_without_validation_split(setup):
 
 
 def test_early_stopping_needs_checkpoints_at_evaluations(setup):
-    from thinktune.preflight import TrainError
+    from thinktune.errors import TrainError
 
     root, model, data = setup
     sections = tiny_sections(model, data, root / "runs", run_name="bad", eval_steps=3, save_steps=4)

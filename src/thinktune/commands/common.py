@@ -1,40 +1,64 @@
-"""What every command shares: the config-file-plus-overrides positional, its loading, the usage error."""
+"""What every command shares: the config-or-recipe positional with dotted overrides, a run folder positional,
+`-v` after the subcommand, and loading the configuration from all of them."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
+
+from thinktune.errors import UsageError
 
 EPILOG_OVERRIDES = (
-    "Any setting can be overridden after the config file as section.key=value, e.g. "
+    "Any setting can be overridden after the config file or recipe as section.key=value, e.g. "
     "data.max_length=2048 train.learning_rate=1e-4. `thinktune config` lists every key."
 )
 
 
-class UsageError(Exception):  # noqa: N818
-    """A command-line problem (exit status 2)."""
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    """`-v` after the subcommand as well as before it (SUPPRESS: absent here, the top-level value stands)."""
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
 
 
-def _split_positional(items: Sequence[str]) -> tuple[str | None, list[str]]:
-    """[CONFIG.yaml] [section.key=value ...] -> (config path, overrides)."""
+def split_positional(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG.yaml | RECIPE] [section.key=value ...] -> (config path or recipe name, overrides)."""
     config, overrides = None, []
     for item in items:
         if "=" in item:
             overrides.append(item)
-        elif config is None and item.endswith((".yaml", ".yml")):
-            config = item
+        elif config is None:
+            config = item  # a file, or a recipe name: configfile.resolve_config says which, or what is wrong
         else:
             raise UsageError(
-                f"unexpected argument {item!r}: give a config file (.yaml) and section.key=value overrides"
+                f"unexpected argument {item!r}: give one config file or recipe, then section.key=value overrides"
             )
     return config, overrides
 
 
-def load_cli_config(args: argparse.Namespace, flag_overrides: dict[str, object], **need: bool):
-    """Defaults < YAML < dotted overrides < explicit flags; then validate everything at once."""
-    from thinktune.config import load_config, validate
+def split_target(items: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
+    """[RUN_DIR] [CONFIG.yaml | RECIPE] [section.key=value ...] -> (run folder, config, overrides)."""
+    run, config, overrides = None, None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif run is None and Path(item).is_dir():
+            run = item
+        elif config is None and not Path(item).is_dir():
+            config = item
+        else:
+            raise UsageError(
+                f"unexpected argument {item!r}: give a run folder or a config file (or recipe), then "
+                "section.key=value overrides"
+            )
+    return run, config, overrides
 
-    path, overrides = _split_positional(getattr(args, "settings", []) or [])
+
+def load_cli_config(args: argparse.Namespace, flag_overrides: dict[str, object], **need: bool):
+    """Defaults < YAML (or recipe) < dotted overrides < explicit flags; then validate everything at once."""
+    from thinktune.config import validate
+    from thinktune.configfile import load_config
+
+    path, overrides = split_positional(getattr(args, "settings", []) or [])
     overrides += [f"{k}={v}" for k, v in flag_overrides.items() if v is not None]
     return validate(load_config(path, overrides), **need)
 
@@ -43,6 +67,6 @@ def add_settings(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "settings",
         nargs="*",
-        metavar="CONFIG.yaml | section.key=value",
-        help="optional config file, then dotted overrides",
+        metavar="CONFIG.yaml | RECIPE | section.key=value",
+        help="a config file or a recipe name (`thinktune recipes`), then dotted overrides",
     )

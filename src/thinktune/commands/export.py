@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from thinktune.commands.common import add_verbose, split_target
+from thinktune.errors import UsageError
+
 # ------------------------------------------------------------------------------------------ export
 
 
@@ -23,7 +26,14 @@ def add_export(sub) -> Callable:
         "ollama create my-model -f Modelfile\n  thinktune export runs/my-run --format gguf --gguf-type q8_0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by thinktune train")
+    add_verbose(p)
+    p.add_argument(
+        "args",
+        nargs="+",
+        metavar="RUN_DIR | section.key=value",
+        help="a run folder written by thinktune train, then overrides of its generation.* settings (the sampling "
+        "a Modelfile or generation_config.json recommends where the model family has none of its own)",
+    )
     p.add_argument("--format", required=True, choices=["merged", "ollama", "gguf"], help="what to write")
     p.add_argument("--out", help="output folder (default RUN_DIR/export/FORMAT); must not exist")
     p.add_argument(
@@ -39,10 +49,17 @@ def add_export(sub) -> Callable:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from thinktune import export
+    from thinktune.export import merge
 
-    plan = export.plan_export(args.run_dir, args.format, args.out, gguf_type=args.gguf_type, dtype=args.dtype)
-    out = export.export(plan)
+    run_dir, config, overrides = split_target(args.args)
+    if not run_dir or config:
+        raise UsageError(
+            "give a run folder (thinktune export runs/NAME --format ...) and section.key=value overrides"
+        )
+    plan = merge.plan_export(
+        run_dir, args.format, args.out, gguf_type=args.gguf_type, dtype=args.dtype, overrides=overrides
+    )
+    out = merge.export(plan)
     print(f"wrote {out}")
     if args.format == "ollama":
         print(
@@ -73,16 +90,17 @@ def add_check_template(sub) -> Callable:
         epilog="example: thinktune check-template runs/my-run --export my-model",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--export", action="append", metavar="DIR", help="an export folder to check (repeatable)")
     return _run_check_template
 
 
 def _run_check_template(args: argparse.Namespace) -> int:
-    from thinktune import export
+    from thinktune.export.templatecheck import check_run
 
     failed = False
-    for what, result in export.check_run(args.run_dir, args.export):
+    for what, result in check_run(args.run_dir, args.export):
         print(f"{'OK ' if result.ok else 'FAIL'} {what}\n     {result.summary()}")
         failed |= not result.ok
     return 1 if failed else 0

@@ -6,7 +6,8 @@ import argparse
 import logging
 from collections.abc import Callable
 
-from thinktune.commands.common import EPILOG_OVERRIDES, UsageError, add_settings, load_cli_config
+from thinktune.commands.common import EPILOG_OVERRIDES, add_settings, add_verbose, load_cli_config
+from thinktune.errors import UsageError
 
 log = logging.getLogger("thinktune")
 
@@ -28,9 +29,10 @@ def add_plan(sub) -> Callable:
         "  thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-7B --vram 8GB --qlora\n"
         "  thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --vram 8GB "
         "--data ../shared/data/medical_o1_demo/demo_data.json\n"
-        "  thinktune plan configs/demo-cpu.yaml --vram 12GB --json\n" + EPILOG_OVERRIDES,
+        "  thinktune plan demo-cpu --vram 12GB --json\n" + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     add_settings(p)
     p.add_argument("--model", help="model.name_or_path: hub id, model folder, config.json, or a known model")
     p.add_argument("--vram", help="GPU memory budget, e.g. 8GB, 7.5GiB, 24GB (default: the detected GPU)")
@@ -57,8 +59,8 @@ def add_plan(sub) -> Callable:
 def _run_plan(args: argparse.Namespace) -> int:
     import json
 
-    from thinktune.plan import detected_gpu, parse_vram
-    from thinktune.plan_report import build_plan, plan_to_json, print_plan
+    from thinktune.plan.recommend import detected_gpu, parse_vram
+    from thinktune.plan.report import build_plan, plan_to_json, print_plan
     from thinktune.utils import _json_default
 
     cfg = load_cli_config(

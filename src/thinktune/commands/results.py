@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from thinktune.commands.common import EPILOG_OVERRIDES, UsageError
+from thinktune.commands.common import EPILOG_OVERRIDES, add_verbose, split_target
+from thinktune.errors import UsageError
 
 log = logging.getLogger("thinktune")
 
 # ------------------------------------------------------------------------------------------ eval
-
-
-def _split_target(items: Sequence[str]) -> tuple[str | None, str | None, list[str]]:
-    """[RUN_DIR] [CONFIG.yaml] [section.key=value ...] -> (run dir, config path, overrides)."""
-    from pathlib import Path
-
-    run, config, overrides = None, None, []
-    for item in items:
-        if "=" in item:
-            overrides.append(item)
-        elif item.endswith((".yaml", ".yml")) and config is None:
-            config = item
-        elif run is None and Path(item).is_dir():
-            run = item
-        else:
-            raise UsageError(
-                f"unexpected argument {item!r}: give a run folder, a config file (.yaml) and section.key=value "
-                "overrides" + ("" if Path(item).exists() else f" ({item} does not exist)")
-            )
-    return run, config, overrides
 
 
 def _generation_flags(p: argparse.ArgumentParser) -> None:
@@ -73,6 +54,7 @@ def add_eval(sub) -> Callable:
         + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     p.add_argument(
         "args",
         nargs="*",
@@ -99,10 +81,11 @@ def add_eval(sub) -> Callable:
 def _run_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thinktune import evaluate, inference
+    from thinktune.evals import evaluate
+    from thinktune.infer.session import open_model, open_run
     from thinktune.utils import create_run_dir, slug
 
-    run, config, overrides = _split_target(args.args)
+    run, config, overrides = split_target(args.args)
     overrides += _flag_overrides(args)
     if run and args.model:
         raise UsageError("give either a run folder or --model, not both")
@@ -120,12 +103,12 @@ def _run_eval(args: argparse.Namespace) -> int:
     if out is not None:  # refuse before loading anything
         evaluate.check_outputs(evaluate.output_paths(out, name), args.overwrite)
     if run:
-        session = inference.open_run(run, overrides, adapter=adapter)
+        session = open_run(run, overrides, adapter=adapter)
     else:
-        session = inference.open_model(args.model, args.adapter, config_path=config, overrides=overrides)
+        session = open_model(args.model, args.adapter, config_path=config, overrides=overrides)
     if out is None:
         out = create_run_dir(session.cfg.train.output_dir, None, f"eval-{slug(Path(args.model).name)}")
-    examples = evaluate.load_heldout(args.data, session.cfg.data) if args.data else None
+    examples = evaluate.load_heldout(args.data, session.cfg.data, session.formatter) if args.data else None
     benchmarks = args.benchmark if args.benchmark else list(session.cfg.eval.benchmarks)
     summary = evaluate.run_eval(
         session,
@@ -159,6 +142,7 @@ def add_compare(sub) -> Callable:
         "  thinktune compare runs/demo generation.max_new_tokens=2048 --overwrite\n" + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     p.add_argument(
         "args", nargs="+", metavar="RUN_DIR | section.key=value", help="the run folder, then dotted overrides"
     )
@@ -169,14 +153,15 @@ def add_compare(sub) -> Callable:
 def _run_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thinktune import compare, inference
+    from thinktune.evals import compare
+    from thinktune.infer.session import open_run
 
-    run, config, overrides = _split_target(args.args)
+    run, config, overrides = split_target(args.args)
     if not run or config:
         raise UsageError(
             "give a run folder (thinktune compare runs/NAME) and optional section.key=value overrides"
         )
-    session = inference.open_run(run, overrides + _flag_overrides(args))
+    session = open_run(run, overrides + _flag_overrides(args))
     benchmarks = args.benchmark if args.benchmark else []
     summary = compare.run_compare(
         session,
@@ -199,24 +184,25 @@ def add_report(sub) -> Callable:
         description="Build report.html from the run folder's files: run summary, loss curves, data length "
         "histogram, held-out loss, before/after accuracy with intervals, reasoning-length distributions, "
         "health metrics and before/after examples. Parts not run yet say which command fills them.",
-        epilog="examples:\n  thinktune report runs/demo\n  thinktune report runs/demo --out /tmp/demo-report.html",
+        epilog="examples:\n  thinktune report runs/demo\n  thinktune report runs/demo --out /tmp/demo-report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--out", help="write here instead of RUN_DIR/report.html")
+    p.add_argument("--out", metavar="DIR", help="folder to write report.html into (default: RUN_DIR)")
     return _run_report
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thinktune import report
+    from thinktune.report.html import write_report
 
     d = Path(args.run_dir)
     if not d.is_dir():
         raise UsageError(f"{d} is not a folder; give a run folder such as runs/NAME")
     if not (d / "config.yaml").is_file():
         log.warning("%s has no config.yaml; the report shows only the files it finds", d)
-    path = report.write_report(d, args.out)
+    path = write_report(d, args.out)
     print(f"wrote {path}")
     return 0

