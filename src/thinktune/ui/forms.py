@@ -136,10 +136,14 @@ def overrides_for(path: Path, values: dict[str, Any], roots: Sequence[Path]) -> 
     base = base_values(path)
     known = set(base)
     types = {name: tp for name, _, tp in iter_fields()}
+    unknown = [name for name in values if name not in known]
+    if unknown:
+        load_config(None, [f"{unknown[0]}=x"])  # raises the CLI's message, with its suggestion
     out = []
-    for name, raw in values.items():
-        if name not in known:
-            raise ConfigError(f"unknown key {name!r}. See `thinktune config` for every key.")
+    for name in base:  # in the schema's order, whatever order the page sent them in
+        if name not in values:
+            continue
+        raw = values[name]
         if name in FIXED:
             continue
         text = render(raw) if not isinstance(raw, str) else raw

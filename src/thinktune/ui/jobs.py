@@ -215,7 +215,19 @@ class Jobs:
             write_json(job.path, job.to_dict())
             self._procs[job.id] = proc
         threading.Thread(target=self._reap, args=(job.id, proc), daemon=True).start()
+        if job.path.parent == self.staging:
+            threading.Thread(target=self._watch, args=(job.id, proc), daemon=True).start()
         return job
+
+    def _watch(self, job_id: str, proc: subprocess.Popen) -> None:
+        """Move a new run's log into its folder as soon as the log names it (a later server does it otherwise)."""
+        while proc.poll() is None:
+            with self._lock:
+                staged = Job.from_file(self.staging / f"{job_id}.json")
+                if staged is None:
+                    return
+                self._adopt(staged)
+            time.sleep(0.5)
 
     def _reap(self, job_id: str, proc: subprocess.Popen) -> None:
         rc = proc.wait()

@@ -405,6 +405,8 @@ const Live = {
       this.target.run = st.run;
       $("#live-name").textContent = st.run;
     }
+    // once the job's run folder exists, the address names the run: a reload follows the run (and a resume of it)
+    if (st.run && location.hash.startsWith("#/live/job:")) history.replaceState(null, "", `#/live/${encodeURIComponent(st.run)}`);
     const alive = !!(st.job && st.job.alive);
     $("#live-stop").disabled = !alive || !["train", "resume"].includes(st.job.kind);
     const s = st.summary || {};
@@ -515,7 +517,8 @@ const NewRun = {
     const sections = {};
     for (const f of state.schema.fields) (sections[f.section] = sections[f.section] || []).push(f);
     box.replaceChildren(...Object.entries(sections).map(([section, fields]) => {
-      const det = el("details", { open: ["model", "data", "train"].includes(section) }, el("summary", { text: section }));
+      const grid = el("div", { class: "fields-grid" });
+      const det = el("details", { open: ["model", "data", "train"].includes(section) }, el("summary", { text: section }), grid);
       for (const f of fields) {
         const id = `f-${f.name.replace(".", "-")}`;
         const value = f.fixed ? state.schema.fixed[f.name] : this.baseValues[f.name] ?? "";
@@ -529,8 +532,9 @@ const NewRun = {
           input = el("input", { id, name: f.name, type: "text", value, disabled: f.fixed, placeholder: f.optional ? "null" : "" });
         }
         input.addEventListener(f.choices ? "change" : "input", () => this.changed());
-        const note = f.fixed ? t("new.fixed") : `${t("new.default", { value: f.default === "" ? "null" : f.default })} · ${f.type}`;
-        det.append(el("div", { class: "field", "data-field": f.name },
+        const shown = f.default === "" ? (f.optional ? "null" : '""') : f.default;
+        const note = f.fixed ? t("new.fixed") : `${t("new.default", { value: shown })} · ${f.type}`;
+        grid.append(el("div", { class: "field", "data-field": f.name },
           el("label", { for: id, class: "mono", text: f.name }), input,
           el("p", { class: "help", text: f.help }), el("span", { class: "default mono", text: note })));
       }
@@ -586,7 +590,7 @@ const NewRun = {
     if (ticket !== this.doctorTicket) return;
     box.classList.remove("muted");
     const rep = d.report, lp = rep.length_policy, data = rep.data, L = rep.lengths.total || {};
-    const cut = Object.entries(lp.truncation_would || {}).filter(([, n]) => n).map(([k, n]) => `${k} ${n}`).join(", ");
+    const cut = Object.entries(lp.truncation_would || {}).filter(([k, n]) => n && k !== "fits").map(([k, n]) => `${k} ${n}`).join(", ");
     const hist = svgEl("svg", { viewBox: "0 0 520 150", class: "chart", id: "doctor-hist" });
     barChart(hist, d.histogram, d.max_length);
     const parts = [
