@@ -17,12 +17,13 @@ def test_help_imports_no_heavy_library():
     code = (
         "import sys\nfrom thinktune.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'matplotlib', 'datasets') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'matplotlib', 'datasets', 'starlette', 'uvicorn') "
+        "if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
-    assert "inspect-data" in out and "config" in out
+    assert "inspect-data" in out and "config" in out and "\n    ui " in out
 
 
 def test_python_m_and_subcommand_help():

@@ -22,7 +22,13 @@ pytestmark = pytest.mark.slow
 
 PACKAGE = SRC / "thinktune"
 #: package data that must be in the wheel, as globs relative to src/thinktune (pyproject's package-data)
-PACKAGE_DATA = ("data/sample/*.json", "data/sample/README.md", "models/templates/*.json", "configs/*.yaml")
+PACKAGE_DATA = (
+    "data/sample/*.json",
+    "data/sample/README.md",
+    "models/templates/*.json",
+    "configs/*.yaml",
+    "ui/static/*",
+)
 
 
 def _env() -> dict[str, str]:

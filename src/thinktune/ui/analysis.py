@@ -37,17 +37,17 @@ def _tokenizer(cfg: Config) -> Any:
     return _tokenizers[key]
 
 
-def histogram(values: list[int], bins: int = 24) -> dict[str, Any]:
+def histogram(values: list[int], upper: int, bins: int = 32) -> dict[str, Any]:
+    """Counts of `values` in `bins` equal bins from 0 to the longest value or `upper` (max_length), whichever is
+    larger, so the max_length line falls where it cuts."""
     if not values:
         return {"edges": [], "counts": []}
-    lo, hi = min(values), max(values)
-    width = max(1, -(-(hi - lo + 1) // bins))
-    counts = [0] * bins
+    top = max(max(values), upper) + 1
+    width = max(1, -(-top // bins))
+    counts = [0] * (-(-top // width))
     for v in values:
-        counts[min(bins - 1, (v - lo) // width)] += 1
-    while counts and counts[-1] == 0:
-        counts.pop()
-    return {"edges": [lo + i * width for i in range(len(counts) + 1)], "counts": counts}
+        counts[v // width] += 1
+    return {"edges": [i * width for i in range(len(counts) + 1)], "counts": counts}
 
 
 def data_doctor(cfg: Config, example: int = 0) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def data_doctor(cfg: Config, example: int = 0) -> dict[str, Any]:
     totals = [e.lengths["total"] for e in encoded]
     return {
         "report": report,
-        "histogram": histogram(totals),
+        "histogram": histogram(totals, d.max_length),
         "max_length": d.max_length,
         "over": sum(t > d.max_length for t in totals),
         "examples": len(encoded),

@@ -98,6 +98,13 @@ const fmt = {
   lr(v) { return v === null || v === undefined ? t("ui.none") : Number(v).toExponential(2); },
 };
 
+// a long local path as its last two parts (the whole path is the cell's title)
+function shortPath(p) {
+  if (!p) return t("ui.none");
+  const parts = p.split("/").filter(Boolean);
+  return p.startsWith("/") && parts.length > 2 ? `…/${parts.slice(-2).join("/")}` : p;
+}
+
 function badge(status) {
   const s = status || "unknown";
   return el("span", { class: `badge ${s}`, text: t(`status.${s}`) });
@@ -281,8 +288,8 @@ const Runs = {
         el("td", {}, el("a", { href: `#/live/${encodeURIComponent(r.name)}`, class: "mono", text: r.name })),
         el("td", {}, badge(r.status)),
         el("td", { class: r.alive ? "right" : "muted", text: process }),
-        el("td", { class: "clip mono", title: r.model || "", text: r.model || t("ui.none") }),
-        el("td", { class: "clip mono", title: r.data || "", text: r.data || t("ui.none") }),
+        el("td", { class: "clip mono", title: r.model || "", text: shortPath(r.model) }),
+        el("td", { class: "clip mono", title: r.data || "", text: shortPath(r.data) }),
         el("td", { class: "num", text: r.max_steps ? `${fmt.int(r.steps)}/${r.max_steps}` : fmt.int(r.steps) }),
         el("td", { class: "num", text: fmt.num(r.first_loss) }),
         el("td", { class: "num", text: fmt.num(r.last_loss) }),
@@ -364,7 +371,7 @@ const Live = {
     on("metrics", (d) => this.onMetrics(d));
     on("log", (d) => this.onLog(d));
     on("status", (d) => this.onStatus(d));
-    on("end", (d) => { this.onStatus(d); src.close(); this.source = null; $("#live-feed").textContent = t("live.feed_end"); });
+    on("end", (d) => { this.onStatus(d); src.close(); this.source = null; $("#live-feed").textContent = t("live.feed_end"); refreshGpuBadge(); });
     src.onerror = () => {
       this.errors += 1;
       if (this.errors >= 3) { src.close(); this.source = null; this.poll(); } // the polling fallback
@@ -404,6 +411,7 @@ const Live = {
     if (st.run && this.target && !this.target.run) {
       this.target.run = st.run;
       $("#live-name").textContent = st.run;
+      fillRunPicker($("#live-pick"), st.run, (n) => { location.hash = `#/live/${encodeURIComponent(n)}`; });
     }
     // once the job's run folder exists, the address names the run: a reload follows the run (and a resume of it)
     if (st.run && location.hash.startsWith("#/live/job:")) history.replaceState(null, "", `#/live/${encodeURIComponent(st.run)}`);
@@ -701,7 +709,8 @@ function followJob(jobId, pre, onEnd) {
 const HEALTH = ["closed_think_share", "stopped_share", "hit_max_new_tokens_share", "reasoning_tokens.median", "reasoning_tokens.p90",
   "answer_tokens.median", "answer_tokens.p90", "repeat_rate_mean", "looping_share", "language_match_share"];
 const lookup = (obj, dotted) => dotted.split(".").reduce((o, k) => (o && typeof o === "object" ? o[k] : undefined), obj);
-const healthValue = (key, v) => (v === undefined || v === null ? t("ui.none") : key.includes("tokens") ? fmt.int(v) : fmt.pct(v));
+const isShare = (key) => key.endsWith("_share") || key.endsWith("_mean");
+const healthValue = (key, v) => (v === undefined || v === null ? t("ui.none") : isShare(key) ? fmt.pct(v) : fmt.int(v));
 
 const Results = {
   run: null, follow: null,
@@ -780,7 +789,8 @@ const Results = {
       parts.push(el("p", { text: t("results.answers_changed", { n: cmp.answers_changed, total: cmp.questions }) }));
       const rows = HEALTH.map((k) => {
         const b = lookup(cmp.base.health, k), tu = lookup(cmp.tuned.health, k);
-        const ch = b === undefined || tu === undefined || b === null || tu === null ? "" : k.includes("tokens") ? `${tu - b >= 0 ? "+" : ""}${Math.round(tu - b)}` : `${tu - b >= 0 ? "+" : ""}${(100 * (tu - b)).toFixed(1)} pts`;
+        const sign = (v) => (v >= 0 ? "+" : "");
+        const ch = b === undefined || tu === undefined || b === null || tu === null ? "" : isShare(k) ? `${sign(tu - b)}${(100 * (tu - b)).toFixed(1)} pts` : `${sign(tu - b)}${Math.round(tu - b)}`;
         return el("tr", {}, el("td", { text: t(`health.${k}`) }), el("td", { class: "num", text: healthValue(k, b) }), el("td", { class: "num", text: healthValue(k, tu) }), el("td", { class: "num", text: ch }));
       });
       if (cmp.base.accuracy && cmp.tuned.accuracy) {
@@ -795,10 +805,10 @@ const Results = {
         const side = (name, o) => el("div", { class: "side-answer" },
           el("h4", {}, t(`results.${name}`), o.correct === true ? el("span", { class: "right", text: " ✓" }) : o.correct === false ? el("span", { class: "wrong", text: " ✗" }) : null),
           o.reasoning ? el("details", { class: "reasoning" }, el("summary", { text: t("results.reasoning", { n: o.reasoning_tokens }) }), o.reasoning) : null,
-          el("div", { class: "answer", text: o.answer }));
+          o.answer ? el("div", { class: "answer", text: o.answer }) : el("div", { class: "muted small", text: t("results.no_answer") }));
         parts.push(el("div", { class: "pair" },
           el("div", { class: "q", text: p.question }),
-          p.reference || p.reference_letter ? el("div", { class: "muted small", text: `${t("results.reference")}: ${p.reference_letter || ""} ${p.reference || ""}` }) : null,
+          p.reference || p.reference_letter ? el("div", { class: "muted small ref", text: `${t("results.reference")}: ${p.reference_letter || ""} ${p.reference || ""}` }) : null,
           side("base", p.base), side("tuned", p.tuned)));
       }
     }
@@ -879,6 +889,7 @@ const Chat = {
           else if (b && m.done) {
             const rate = m.done.seconds > 0 ? (m.done.new_tokens / m.done.seconds).toFixed(1) : "0";
             b.stats.textContent = t("chat.stats", { tokens: m.done.new_tokens, rate }) + (m.done.stopped ? "" : ` · ${t("chat.no_eot")}`);
+            if (!b.answer.textContent.trim()) { b.answer.textContent = t("results.no_answer"); b.answer.classList.add("muted"); }
           }
         }
       }
