@@ -217,6 +217,17 @@ def api(handler: Any) -> Any:
     return wrapped
 
 
+async def _analysis(fn: Any, *args: Any) -> Any:
+    """The data doctor or the memory plan on what the user typed: any failure (a model that does not load, a file
+    that is not data) is the answer, shown beside the form, not a server error."""
+    try:
+        return await _sync(fn, *args)
+    except ThinktuneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported to the page with its type
+        raise UIError(f"{type(e).__name__}: {e}") from None
+
+
 def _sync(fn: Any, *args: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
@@ -394,7 +405,11 @@ def create_app(settings: Settings) -> Starlette:
 
         data = await body_of(request)
         _, _, cfg = forms.resolve(runs, data.get("base") or {}, data.get("values") or {}, settings.roots)
-        return JSONResponse(await _sync(data_doctor, cfg, int(data.get("example") or 0)), headers={})
+        try:
+            example = int(data.get("example") or 0)
+        except (TypeError, ValueError):
+            raise UIError(f"example: {data.get('example')!r} is not a whole number") from None
+        return JSONResponse(await _analysis(data_doctor, cfg, example))
 
     @api
     async def plan(request: Request) -> Response:
@@ -406,7 +421,7 @@ def create_app(settings: Settings) -> Starlette:
             vram = int(data.get("vram") or 8 * 10**9)
         except (TypeError, ValueError):
             raise UIError(f"vram: {data.get('vram')!r} is not a number of bytes") from None
-        return JSONResponse(json.loads(json.dumps(await _sync(memory_plan, cfg, vram), default=str)))
+        return JSONResponse(json.loads(json.dumps(await _analysis(memory_plan, cfg, vram), default=str)))
 
     @api
     async def gpus(request: Request) -> Response:
