@@ -220,6 +220,9 @@ def test_command_preview_is_the_command_that_runs(client, root, monkeypatch):
     assert (
         client.post("/api/actions/compare", json={"run": "alpha", "dry_run": True}).status_code == 400
     )  # exists
+    inspect = client.post("/api/actions/inspect-data", json={**body, "dry_run": True}).json()["argv"]
+    assert inspect[3:5] == ["inspect-data", str(runs / "alpha" / "config.yaml")]
+    assert f"train.output_dir={runs}" in inspect
     app_jobs: Jobs = client.app.state.jobs
     app_jobs.wait_all(30)
     assert (runs / "alpha" / RUN_JOBS / f"{forced['id']}.log").is_file()

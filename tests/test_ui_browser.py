@@ -138,6 +138,14 @@ def test_the_whole_loop_in_a_browser(tmp_path):
         steps = chart_steps(page)
         assert steps == sorted(set(steps)), "a point is repeated or out of order after the reload"
         assert steps == file_steps(run)[: len(steps)]
+        # the polling fallback (forced with ?poll=1): the same points, once each
+        page.goto(server.url + "/?poll=1#/live/browser")
+        page.wait(
+            "['live (polling)', 'not running'].includes(document.querySelector('#live-feed').textContent)", 60
+        )
+        page.wait("Number(document.querySelector('#live-chart').dataset.trainPoints) > 0", 60)
+        polled = chart_steps(page)
+        assert polled == sorted(set(polled)) and polled == file_steps(run)[: len(polled)]
         wait_for(
             lambda: json.loads((run / "summary.json").read_text()).get("status") == "completed",
             300,

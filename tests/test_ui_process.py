@@ -104,6 +104,26 @@ def test_killing_the_server_never_stops_a_run(setup):
         again.stop()
 
 
+def test_data_report_job_writes_a_report(setup):
+    """inspect-data from the page: a CPU job (beside a GPU job) that writes data_report.json into RUNS/inspect-*."""
+    root, model, data = setup
+    runs = root / "runs-inspect"
+    server = Server(runs, root, root / "server-inspect.log")
+    try:
+        values = tiny_values(model, data, steps=10, name="x")
+        job = server.post("/api/actions/inspect-data", {"base": {"recipe": "demo-cpu"}, "values": values})[
+            "job"
+        ]
+        assert job["gpu"] is False
+        wait_for(lambda: server.get(f"/api/jobs/{job['id']}")["status"] != "running", 180, "inspect-data")
+        assert server.get(f"/api/jobs/{job['id']}")["status"] == "finished"
+        (report,) = runs.glob("inspect-*/data_report.json")
+        assert json.loads(report.read_text())["data"]["examples"] == 40
+        assert server.get("/api/runs")["runs"] == []  # a data report is not a run
+    finally:
+        server.stop()
+
+
 def test_chat_streams_base_and_tuned(setup):
     """The chat worker loads the run once; both sides stream their pieces and finish with their replies."""
     root, model, data = setup

@@ -204,6 +204,17 @@ def train_command(
     return {"argv": argv, "run": name, "config": cfg}
 
 
+def inspect_command(
+    runs: Path, base: dict[str, Any], values: dict[str, Any], roots: Sequence[Path]
+) -> list[str]:
+    """`thinktune inspect-data` on the form's config: data_report.json and the histogram into a new
+    RUNS/inspect-* folder (never over an existing report)."""
+    path, overrides, _ = resolve(runs, base, values, roots)
+    return thinktune_argv(
+        "inspect-data", str(path), *overrides, f"train.output_dir={runs}", "--no-color", "--show", "1"
+    )
+
+
 def resume_command(runs: Path, run: str) -> list[str]:
     return thinktune_argv("train", "--resume", str(run_folder(runs, run)))
 

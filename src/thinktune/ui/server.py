@@ -61,6 +61,7 @@ COOKIE = "thinktune_ui_token"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 _FIELD = re.compile(r"\b((?:model|data|lora|train|eval|generation)\.[a-z_0-9]+)")
 POLL_SECONDS = 0.5
+MAX_CHATS = 2
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -441,6 +442,11 @@ def create_app(settings: Settings) -> Starlette:
                 "gpu": True,
                 "label": f"train {p['run']}",
             }
+        if kind == "inspect-data":
+            argv = forms.inspect_command(
+                runs, data.get("base") or {}, data.get("values") or {}, settings.roots
+            )
+            return {"argv": argv, "run": None, "expected_run": None, "gpu": False, "label": "inspect-data"}
         if not run:
             raise UIError(f"{kind}: which run? (give its name)")
         name = run_folder(runs, str(run)).name
@@ -586,6 +592,9 @@ def create_app(settings: Settings) -> Starlette:
                     f"{busy[0].label} is running (job {busy[0].id}); chat loads the model too. Wait for it, stop "
                     "it, or tick 'run anyway'."
                 )
+        while len(chats) >= MAX_CHATS:  # each holds a model: the oldest goes
+            oldest = next(iter(chats))
+            await _sync(chats.pop(oldest).close)
         chat_id = secrets.token_hex(6)
         log_dir = runs / STATE_DIR / "chat"
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -360,6 +360,8 @@ const Live = {
     if (this.target.job) q.set("job", this.target.job);
     return q;
   },
+  // ?poll=1 in the address: the polling fallback even where server-sent events work (proxies that buffer them)
+  forcePoll: new URLSearchParams(location.search).get("poll") === "1",
   connect() {
     if (!window.EventSource || this.forcePoll) { this.poll(); return; }
     const q = this.query();
@@ -669,6 +671,14 @@ const NewRun = {
       ...rec.reasons.map((r) => el("p", { class: "muted small", text: r })),
     );
   },
+  async writeReport() {
+    try {
+      const r = await api("/api/actions/inspect-data", { base: this.baseSpec(), values: this.values() });
+      flash(t("ui.started", { command: r.command }));
+      if (this.follow) this.follow.close();
+      this.follow = followJob(r.job.id, $("#doctor-log"));
+    } catch (e) { flash(e.message, true); }
+  },
   async start() {
     try {
       const r = await api("/api/actions/train", { base: this.baseSpec(), values: this.values(), force: $("#new-force").checked });
@@ -963,6 +973,7 @@ async function main() {
   $("#live-stop").addEventListener("click", () => Live.stop());
   $("#live-resume").addEventListener("click", () => Live.resume());
   $("#new-start").addEventListener("click", () => NewRun.start());
+  $("#doctor-write").addEventListener("click", () => NewRun.writeReport());
   $("#new-form").addEventListener("submit", (e) => e.preventDefault());
   $("#eval-start").addEventListener("click", () => Results.start("eval"));
   $("#compare-start").addEventListener("click", () => Results.start("compare"));
