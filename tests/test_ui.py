@@ -116,6 +116,7 @@ def test_overlay_and_config_differences(client):
     assert "model.name_or_path" in keys and "train.output_dir" not in keys
     assert "lora.r" not in keys  # the same in both
     assert client.get("/api/overlay?runs=" + ",".join(["alpha"] * 6)).status_code == 400
+    assert client.get("/api/overlay?runs=alpha").status_code == 400  # 2 to 5 runs
 
 
 # ------------------------------------------------------------------------------------------ the form

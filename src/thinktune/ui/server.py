@@ -363,7 +363,7 @@ def create_app(settings: Settings) -> Starlette:
     @api
     async def overlay(request: Request) -> Response:
         names = [n for n in request.query_params.get("runs", "").split(",") if n]
-        if not 1 <= len(names) <= 5:
+        if not 2 <= len(names) <= 5:
             raise UIError("runs: select between 2 and 5 runs to overlay (comma-separated names)")
         names = [run_folder(runs, n).name for n in names]
         from thinktune.rundir import RunDir
