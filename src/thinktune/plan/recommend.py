@@ -202,7 +202,7 @@ def detected_vram() -> int | None:
 
 
 def check_fits(
-    cfg: Any, vram_bytes: int | None = None, *, loss: str = "chunked"
+    cfg: Any, vram_bytes: int | None = None, *, loss: str = "chunked", stage: str = "sft"
 ) -> tuple[bool, Estimate | None, Recommendation | None]:
     """Cheap pre-flight check (config.json only, no weights): (fits, estimate, recommendation if it does not).
 
@@ -233,9 +233,11 @@ def check_fits(
     return False, est, rec
 
 
-def ensure_fits(cfg: Any, vram_bytes: int | None = None, *, gpu_name: str | None = None) -> Estimate | None:
+def ensure_fits(
+    cfg: Any, vram_bytes: int | None = None, *, gpu_name: str | None = None, stage: str = "sft"
+) -> Estimate | None:
     """Raise :class:`DoesNotFitError` naming the GPU, the estimate and overrides that fit; else the estimate."""
-    fits, est, rec = check_fits(cfg, vram_bytes)
+    fits, est, rec = check_fits(cfg, vram_bytes, stage=stage)
     if fits:
         return est
     assert est is not None and rec is not None
