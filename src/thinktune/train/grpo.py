@@ -435,15 +435,17 @@ def build_grpo_trainer(
     dataset = Dataset.from_dict(
         {"prompt": [fmt.prompt(q.message, q.system) for q in questions], "qid": list(range(len(questions)))}
     )
-    args = grpo_config(
-        cfg, run, device=device, precision=precision, backend=backend, checkpointing=checkpointing,
-        reward_weights=[scorer.weights[n] for n in scorer.names],
-    )  # fmt: skip
     with warnings.catch_warnings():
+        # transformers 5 renamed gradient_checkpointing, which TRL 1.x still sets; rollout_func is TRL's public,
+        # experimental sampling hook (pinned by tests/test_grpo.py): neither is the user's concern.
         warnings.filterwarnings(
             "ignore", message=".*gradient_checkpointing` is deprecated", category=FutureWarning
         )
         warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental", category=UserWarning)
+        args = grpo_config(
+            cfg, run, device=device, precision=precision, backend=backend, checkpointing=checkpointing,
+            reward_weights=[scorer.weights[n] for n in scorer.names],
+        )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=scorer.functions(),
