@@ -261,7 +261,9 @@ def test_overlap_index_normalizes_case_spacing_and_punctuation():
 
     a = "Patient: a 45-year-old man with crushing chest pain radiating to the left arm and jaw, sweating."
     index = OverlapIndex([a])
-    assert index.overlaps("PATIENT a 45 year old man, with crushing chest-pain radiating to the LEFT arm and JAW!")
+    assert index.overlaps(
+        "PATIENT a 45 year old man, with crushing chest-pain radiating to the LEFT arm and JAW!"
+    )
     assert not index.overlaps(
         "A 45-year-old woman with a rash on both cheeks after sun exposure and joint pain."
     )

@@ -64,7 +64,7 @@ def remove_incomplete_checkpoints(run: RunDir) -> list[Path]:
     return removed
 
 
-def save_adapter(trainer: Any, run: RunDir, *, main: bool) -> None:
+def save_adapter(trainer: Any, run: RunDir, *, main: bool, tokenizer: Any = None) -> None:
     """trainer.save_model into a temporary folder, then one rename to ``adapter/`` (main process). Only the
     policy adapter is kept: TRL's frozen KL/DPO reference copy (PEFT saves extra adapters into subfolders,
     ``ref/``) never reaches ``adapter/`` or an export."""
@@ -73,6 +73,8 @@ def save_adapter(trainer: Any, run: RunDir, *, main: bool) -> None:
         shutil.rmtree(tmp)
     trainer.save_model(str(tmp))  # on every process: FSDP / ZeRO-3 gather the weights first
     if main:
+        if tokenizer is not None:  # the run's own tokenizer, where the trainer was handed an adjusted copy
+            tokenizer.save_pretrained(str(tmp))
         for extra in policy_only(tmp):
             log.info(
                 "adapter: left out the frozen reference adapter %r (only the trained policy is saved)", extra
