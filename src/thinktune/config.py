@@ -108,7 +108,8 @@ class LoraSection:
     top_layers: int | None = _f(
         None,
         "Adapt only the last N transformer blocks (default: all). The backward stops at the lowest adapted block: "
-        "faster steps, less learning (SmolLM2 demo, last 15 of 30: 1.4x the steps/s, held-out loss -25% vs -28%).",
+        "faster steps, less learning (SmolLM2 demo, last 15 of 30: 1.4x the steps/s, held-out loss -25% vs -28%). "
+        "grpo/dpo continuing an SFT adapter: only its last N blocks train, the rest stays as SFT left it.",
     )
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); helps at large ranks.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA): sometimes better quality, slower.")

@@ -31,6 +31,7 @@ from thinktune.evals.records import PairRecord
 from thinktune.formatting.formatter import Formatter, adds_bos
 from thinktune.infer.generate import Generation, generate
 from thinktune.models.attention import resolve_attention
+from thinktune.models.fastpath.lora import fuse_lora_linears, use_lora_kernel
 from thinktune.models.precision import Precision, resolve_precision
 from thinktune.plan.recommend import ensure_fits
 from thinktune.rundir import RunDir
@@ -244,8 +245,8 @@ def sample_pairs(
 ) -> tuple[list[PairRecord], dict[str, Any]]:
     """dpo.samples answers per question from the policy (seeded, batched), graded, paired; with the counts."""
     d = cfg.dpo
-    if hasattr(model, "peft_config"):
-        fast_path(cfg, model, device, loss_head=False)
+    if use_lora_kernel(cfg.train.lora_kernel, device):
+        fuse_lora_linears(model)  # thinktune's LoRA projections also speed up sampling on a CPU
     prompts = [fmt.prompt(q.message, q.system) for q in questions]
     repeated = [p for p in prompts for _ in range(d.samples)]
     began = time.perf_counter()
@@ -407,5 +408,5 @@ def build_dpo_trainer(
             callbacks=list(cbs.values()),
         )
     trainer.remove_callback(ProgressCallback)
-    fast_path(cfg, trainer.model, device, loss_head=False)
+    fast_path(cfg, trainer.model, device)
     return trainer, cbs

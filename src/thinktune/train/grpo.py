@@ -457,8 +457,8 @@ def build_grpo_trainer(
             rollout_func=make_rollout(cfg, fmt, stats) if backend == "hf" else None,
         )
     trainer.remove_callback(ProgressCallback)
-    # thinktune's CPU kernels for the LoRA projections (training and sampling); TRL computes the log-probabilities
-    # with its own chunked head, so the one-pass SFT head is not installed.
-    fast_path(cfg, trainer.model, device, loss_head=False)
+    # thinktune's CPU kernels: the one-pass head for the completions' log-probabilities (at the sampling
+    # temperature, as TRL's head), the LoRA projections for training and sampling.
+    fast_path(cfg, trainer.model, device, temperature=g.temperature)
     cbs["scorer"] = scorer
     return trainer, cbs

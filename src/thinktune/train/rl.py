@@ -16,6 +16,7 @@ the verifiable problems they train on, and the policy model.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from thinktune.formatting.formatter import Formatter
 from thinktune.models.loading import load_adapter, load_model, load_tokenizer
 from thinktune.models.qlora import prepare_kbit_model, quantization_config
 from thinktune.rundir import RunDir, save_examples
-from thinktune.train.trainer import lora_config
+from thinktune.train.trainer import lora_config, num_blocks
 from thinktune.utils import quantiles, write_json
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,9 @@ def from_run(run: RunDir, cfg: Config) -> Config:
     """`cfg` continuing an SFT run: the run's model, LoRA shape and prompt settings (reasoning, system prompt,
     text template), so the policy is the run's adapter, prompted exactly as in its training."""
     saved = run.config()
-    out = replace(cfg, model=saved.model, lora=saved.lora)
+    # lora.top_layers is how much of the adapter this stage trains (the rest stays as SFT left it), not its shape
+    lora = replace(saved.lora, top_layers=cfg.lora.top_layers)
+    out = replace(cfg, model=saved.model, lora=lora)
     out.data = replace(
         cfg.data,
         reasoning=saved.data.reasoning,
@@ -219,5 +222,30 @@ def load_policy(
     if cfg.model.load_in_4bit:
         model = prepare_kbit_model(model, gradient_checkpointing=checkpointing)
     if start.adapter is not None:
-        return load_adapter(model, start.adapter, trainable=True, allow_pickle=cfg.model.allow_pickle), None
+        model = load_adapter(model, start.adapter, trainable=True, allow_pickle=cfg.model.allow_pickle)
+        if cfg.lora.top_layers is not None:
+            frozen = freeze_below(model, cfg.lora.top_layers)
+            log.info(
+                "lora.top_layers=%d: the adapter's last %d blocks train; %d adapter tensors below stay as SFT left them",
+                cfg.lora.top_layers, cfg.lora.top_layers, frozen,
+            )  # fmt: skip
+        return model, None
     return model, lora_config(cfg, model)
+
+
+_BLOCK = re.compile(r"\.layers\.(\d+)\.")
+
+
+def freeze_below(model: Any, top: int) -> int:
+    """Freeze a continued adapter's LoRA weights outside the last `top` blocks (the backward then stops at the
+    lowest trainable block: faster steps); returns how many tensors were frozen."""
+    blocks = num_blocks(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    if blocks is None or top >= blocks:
+        return 0
+    frozen = 0
+    for name, p in model.named_parameters():
+        m = _BLOCK.search(name)
+        if p.requires_grad and m and int(m.group(1)) < blocks - top:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen

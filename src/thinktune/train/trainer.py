@@ -239,14 +239,14 @@ def build_trainer(
     return trainer, cbs
 
 
-def fast_path(cfg: Config, model: Any, device: str, *, loss_head: bool = True) -> None:
+def fast_path(cfg: Config, model: Any, device: str, *, temperature: float = 1.0) -> None:
     """thinktune's kernels on the PEFT model a trainer built (see thinktune.models.fastpath): the one-pass LM-head
-    loss where train.loss_head picks it (SFT only: `loss_head`), shared LoRA dropout masks, and one-node LoRA
-    projections (train.lora_kernel)."""
+    log-probabilities where train.loss_head picks it (at `temperature`, GRPO's sampling temperature), shared LoRA
+    dropout masks, and one-node LoRA projections (train.lora_kernel)."""
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if loss_head and use_onepass_head(cfg.train.loss_head, device):
-        if install_onepass_head(base):
+    if use_onepass_head(cfg.train.loss_head, device):
+        if install_onepass_head(base, temperature):
             log.info("loss: one-pass LM head over the supervised positions (train.loss_head)")
         elif cfg.train.loss_head == "onepass":
             log.warning(
