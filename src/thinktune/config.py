@@ -214,6 +214,11 @@ class GRPOSection:
         "penalty; the KV cache and the training forward grow with it. R1-style models need 1024+ to finish "
         "thinking on hard questions.",
     )
+    sampling_batch_size: int | None = _f(
+        None,
+        "Completions decoded together (transformers backend). null: all of an optimizer step's at once, as TRL "
+        "does (fastest); lower it to shrink the KV cache on a small card (`thinktune plan --stage grpo` says when).",
+    )
     temperature: float = _f(
         1.0,
         "Sampling temperature of the completions (TRL's and DAPO's 1.0). GRPO learns from differences inside a "
@@ -454,6 +459,10 @@ def _rl_problems(cfg: Config) -> list[str]:
     if not 0 < r.length_buffer <= 1:
         problems.append(
             f"grpo.length_buffer={r.length_buffer}: use a fraction in (0, 1] (0.2: the last 20%)."
+        )
+    if r.sampling_batch_size is not None and r.sampling_batch_size < 1:
+        problems.append(
+            "grpo.sampling_batch_size must be at least 1 (or null: a whole step's completions at once)."
         )
     if r.zero_spread_steps < 1 or r.log_completions < 0:
         problems.append("grpo.zero_spread_steps must be >= 1 and grpo.log_completions >= 0.")

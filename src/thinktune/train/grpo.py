@@ -306,7 +306,7 @@ def make_rollout(cfg: Config, fmt: Formatter, stats: GenerationStats) -> Any:
                 top_p=g.top_p,
                 repetition_penalty=cfg.generation.repetition_penalty,
                 seed=seed,
-                batch_size=len(encoded),
+                batch_size=g.sampling_batch_size or len(encoded),
             )
             stats.add(sum(len(c) for c in completions), time.perf_counter() - began)
         return {"prompt_ids": encoded, "completion_ids": completions, "logprobs": None}
