@@ -223,7 +223,10 @@ def run_grpo_demo(
         "compare_s": round(compared - trained, 1),
         "total_s": round(time.perf_counter() - started, 1),
     }
-    record = grpo_demo_record(sft, run, rows, timings)
+    from thinktune.evals.mcq import Question
+
+    questions = [Question.from_example(e, i) for i, e in enumerate(run.examples("validation"))]
+    record = grpo_demo_record(sft, run, rows, questions, timings)
     write_json(run.path / "demo_grpo.json", record)
     print_grpo_outcome(run, record, report, out=out)
     return run
@@ -237,6 +240,7 @@ def side_by_side(sft: RunDir, grpo_run: RunDir) -> dict[str, list[Any]]:
     from thinktune.evals.mcq import Question
     from thinktune.infer.generate import generate
     from thinktune.infer.session import open_run
+    from thinktune.models.fastpath.lora import fuse_lora_linears, use_lora_kernel
     from thinktune.utils import write_jsonl
 
     session = open_run(grpo_run.path)
@@ -244,29 +248,29 @@ def side_by_side(sft: RunDir, grpo_run: RunDir) -> dict[str, list[Any]]:
     questions = [Question.from_example(e, i) for i, e in enumerate(grpo_run.examples("validation"))]
     model = session.model()  # base + the GRPO adapter ("default")
     model.load_adapter(str(sft.adapter), adapter_name="sft")
+    if use_lora_kernel("auto", next(model.parameters()).device.type):
+        fuse_lora_linears(model)
     prompts = [fmt.prompt(q.message, q.system) for q in questions]
-    names = {"base": "__base__", "SFT": "sft", "SFT+GRPO": "default"}
     decoding = session.decoding()
-    batch = decoding.pop("batch_size")
-    gens = generate(
-        model,
-        session.tokenizer,
-        prompts * len(MODELS),
-        adapter_names=[names[m] for m in MODELS for _ in prompts],
-        batch_size=max(batch, 1),
-        **decoding,
-    )
     tokenize = tokenizer_fn(session.tokenizer)
-    n = len(questions)
-    rows = {m: [record(q, g, tokenize) for q, g in zip(questions, gens[i * n : (i + 1) * n], strict=True)]
-            for i, m in enumerate(MODELS)}  # fmt: skip
+    rows = {}
+    # One model at a time (the same prompts, batches and greedy decoding): each batch ends when its own longest
+    # answer does, and a single active adapter takes thinktune's LoRA kernel.
+    for m, adapter in zip(MODELS, (None, "sft", "default"), strict=True):
+        if adapter is None:
+            with model.disable_adapter():
+                gens = generate(model, session.tokenizer, prompts, **decoding)
+        else:
+            model.set_adapter(adapter)
+            gens = generate(model, session.tokenizer, prompts, **decoding)
+        rows[m] = [record(q, g, tokenize) for q, g in zip(questions, gens, strict=True)]
     write_jsonl(
         grpo_run.path / "demo_grpo.jsonl", ({"model": m, **r.to_dict()} for m in MODELS for r in rows[m])
     )
     return rows
 
 
-def held_out_scores(records: Sequence[Any]) -> dict[str, Any]:
+def held_out_scores(records: Sequence[Any], questions: Sequence[Any]) -> dict[str, Any]:
     """Share that closed the think block, share that named one option in the answer, accuracy with its 95%
     interval, and the random baseline, over one model's graded records."""
     from thinktune.evals.grading import wilson_interval
@@ -285,12 +289,12 @@ def held_out_scores(records: Sequence[Any]) -> dict[str, Any]:
         "correct": right,
         "accuracy": right / n if n else None,
         "ci95": [lo, hi],
-        "random_baseline": sum(1 / len(r.options or {"": ""}) for r in records) / n if n else None,
+        "random_baseline": sum(1 / len(q.options or {"": ""}) for q in questions) / n if n else None,
     }
 
 
 def grpo_demo_record(
-    sft: RunDir, run: RunDir, rows: dict[str, list[Any]], timings: dict[str, float]
+    sft: RunDir, run: RunDir, rows: dict[str, list[Any]], questions: Sequence[Any], timings: dict[str, float]
 ) -> dict[str, Any]:
     """What the GRPO demo measured (demo_grpo.json): the held-out scores per model and the reward over the run."""
     records = run.metrics_records()
@@ -306,7 +310,7 @@ def grpo_demo_record(
         "reward_last_quarter": sum(rewards[-quarter:]) / quarter if rewards else None,
         "rewards_logged": rewards,
         "warnings": summary.warnings or [],
-        "held_out": {m: held_out_scores(rows[m]) for m in MODELS},
+        "held_out": {m: held_out_scores(rows[m], questions) for m in MODELS},
     }
 
 

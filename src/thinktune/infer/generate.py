@@ -317,6 +317,109 @@ def generate_ids(
     return [r if r is not None else [] for r in results], interrupted
 
 
+def _top_p(scores: Any, top_p: float) -> Any:
+    """transformers' TopPLogitsWarper, exactly: drop the least likely tokens outside the `top_p` mass."""
+    import torch
+
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = 0
+    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), float("-inf"))
+
+
+def sample_groups(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    group: int,
+    *,
+    stops: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+) -> list[list[int]]:
+    """`group` completions of every tokenized prompt (prompt i's at ``i * group ...``), decoded as
+    :func:`generate_ids` decodes (the same temperature, top-p and repetition penalty arithmetic as transformers'
+    sampler, ids up to and including the first stop token), with two savings for GRPO's groups: each prompt is
+    prefilled once and its KV cache shared by its `group` completions, and a finished completion leaves the batch
+    (transformers keeps decoding it as padding until the longest one ends). `temperature` 0 is greedy."""
+    import torch
+    from transformers import DynamicCache
+
+    if not prompts:
+        return []
+    stop_ids = torch.tensor(list(stops))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        attention[row, width - len(p) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    ids, attention, positions = ids.to(device), attention.to(device), positions.to(device)
+    was_training = model.training
+    model.eval()
+    results: list[list[int]] = [[] for _ in range(len(prompts) * group)]
+    try:
+        with torch.no_grad(), skinny_head(model):
+            cache = DynamicCache()
+            out = model(
+                input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+            logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)
+            del out
+            cache.batch_repeat_interleave(group)
+            attention = attention.repeat_interleave(group, dim=0)
+            last = positions[:, -1].repeat_interleave(group, dim=0)
+            history = ids.repeat_interleave(group, dim=0) if repetition_penalty != 1.0 else None
+            active = torch.arange(len(results), device=device)
+            if temperature > 0:
+                torch.manual_seed(seed)
+            for step in range(max_new_tokens):
+                scores = logits
+                if history is not None:
+                    score = torch.gather(scores, 1, history)
+                    score = torch.where(score < 0, score * repetition_penalty, score / repetition_penalty)
+                    scores = scores.scatter(1, history, score)
+                if temperature > 0:
+                    scores = scores / temperature
+                    if top_p < 1.0:
+                        scores = _top_p(scores, top_p)
+                    chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                else:
+                    chosen = torch.argmax(scores, dim=-1)
+                for row, token in zip(active.tolist(), chosen.tolist(), strict=True):
+                    results[row].append(token)
+                done = torch.isin(chosen, stop_ids.to(chosen.device))
+                if step + 1 == max_new_tokens or bool(done.all()):
+                    break
+                if bool(done.any()):
+                    keep = (~done).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    active, chosen, attention, last = active[keep], chosen[keep], attention[keep], last[keep]
+                    history = history[keep] if history is not None else None
+                attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+                last = last + 1
+                if history is not None:
+                    history = torch.cat([history, chosen[:, None]], dim=1)
+                out = model(
+                    input_ids=chosen[:, None], attention_mask=attention, position_ids=last[:, None],
+                    past_key_values=cache, use_cache=True,
+                )  # fmt: skip
+                logits = out.logits[:, -1].float()
+                del out
+    finally:
+        if was_training:
+            model.train()
+    return results
+
+
 def _mixable(model: Any) -> bool:
     """One active plain LoRA adapter (no DoRA): what PEFT's mixed batches support."""
     config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))

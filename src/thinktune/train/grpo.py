@@ -37,7 +37,7 @@ from thinktune.config import Config
 from thinktune.configfile import dump_yaml
 from thinktune.errors import GenerationError, TrainError
 from thinktune.formatting.formatter import Formatter
-from thinktune.infer.generate import generate_ids, stop_token_ids
+from thinktune.infer.generate import generate_ids, sample_groups, stop_token_ids
 from thinktune.infer.vllm import pick_backend
 from thinktune.models.attention import resolve_attention
 from thinktune.models.precision import Precision, resolve_precision
@@ -294,24 +294,42 @@ def make_rollout(cfg: Config, fmt: Formatter, stats: GenerationStats) -> Any:
             + 7_919 * trainer.accelerator.process_index
         )
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        sampling = {
+            "stops": stops,
+            "max_new_tokens": g.max_completion_length,
+            "temperature": g.temperature,
+            "top_p": g.top_p,
+            "repetition_penalty": cfg.generation.repetition_penalty,
+        }
         with torch.random.fork_rng(devices=devices):
             began = time.perf_counter()
-            completions, _ = generate_ids(
-                model,
-                tok,
-                encoded,
-                stops=stops,
-                max_new_tokens=g.max_completion_length,
-                temperature=g.temperature,
-                top_p=g.top_p,
-                repetition_penalty=cfg.generation.repetition_penalty,
-                seed=seed,
-                batch_size=g.sampling_batch_size or len(encoded),
-            )
+            groups = prompt_groups(prompts)
+            chunk = g.sampling_batch_size or len(encoded)
+            if groups is not None and chunk >= len(encoded):
+                # TRL repeats each prompt num_generations times in a row: one prefill and a shared KV cache per
+                # prompt, finished completions leave the batch
+                firsts = [encoded[start] for start in range(0, len(encoded), groups)]
+                completions = sample_groups(model, tok, firsts, groups, seed=seed, **sampling)
+            else:
+                completions, _ = generate_ids(model, tok, encoded, seed=seed, batch_size=chunk, **sampling)
             stats.add(sum(len(c) for c in completions), time.perf_counter() - began)
         return {"prompt_ids": encoded, "completion_ids": completions, "logprobs": None}
 
     return rollout
+
+
+def prompt_groups(prompts: list[str]) -> int | None:
+    """The group size when `prompts` is runs of one prompt repeated the same number of times (TRL's sampler
+    order), else None."""
+    n = 1
+    while n < len(prompts) and prompts[n] == prompts[0]:
+        n += 1
+    if len(prompts) % n:
+        return None
+    for start in range(0, len(prompts), n):
+        if any(p != prompts[start] for p in prompts[start : start + n]):
+            return None
+    return n
 
 
 def grpo_config(
