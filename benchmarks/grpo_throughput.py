@@ -132,7 +132,9 @@ def arm_trl(cfg: Any, start: str | None, out: str) -> tuple[Any, GenerateTimer]:
         fmt.tokenizer, questions, dict(g.rewards), fmt.eot_id, fmt.prompt_opens_think, fmt.reasoning == "train",
         g.max_completion_length, g.length_buffer,
     )  # fmt: skip
-    data = Dataset.from_dict({"prompt": [fmt.prompt(q.message, q.system) for q in questions], "qid": list(range(len(questions)))})
+    data = Dataset.from_dict(
+        {"prompt": [fmt.prompt(q.message, q.system) for q in questions], "qid": list(range(len(questions)))}
+    )
     on_gpu = _cuda()
     args = GRPOConfig(
         output_dir=out,
@@ -168,7 +170,14 @@ def arm_thinktune(cfg: Any, start: str | None, out: str) -> tuple[Any, GenerateT
     run.path.mkdir(parents=True, exist_ok=True)
     device = "cuda" if _cuda() else "cpu"
     trainer, _ = build_grpo_trainer(
-        cfg, model, peft, fmt, questions, run, device=device, precision=resolve_precision(cfg.model.dtype, device)
+        cfg,
+        model,
+        peft,
+        fmt,
+        questions,
+        run,
+        device=device,
+        precision=resolve_precision(cfg.model.dtype, device),
     )
     return trainer, GenerateTimer(trainer.model, stop_token_ids(fmt.tokenizer, fmt.eot_id))
 
@@ -237,12 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2", help="smollm2 | tiny-qwen2 | a model folder")
     p.add_argument("--start", help="an SFT run folder (or adapter) both arms continue; default: a fresh LoRA")
-    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per arm (after one warm-up step)")
+    p.add_argument(
+        "--steps", type=int, default=3, help="timed optimizer steps per arm (after one warm-up step)"
+    )
     p.add_argument("--prompts", type=int, default=2, help="prompts per optimizer step")
     p.add_argument("--generations", type=int, default=4, help="completions per prompt")
     p.add_argument("--completion-length", type=int, default=128)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--ablations", action="store_true", help="also thinktune without the one-pass head / fused LoRA")
+    p.add_argument(
+        "--ablations", action="store_true", help="also thinktune without the one-pass head / fused LoRA"
+    )
     p.add_argument("--out", help="write results.json here")
     args = p.parse_args(argv)
 
@@ -254,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     model_dir = resolve_model(args.model, work)
     arms = [
-        ("trl-default", lambda: arm_trl(config(model_dir, str(work / "trl"), args), args.start, str(work / "trl"))),
-        ("thinktune", lambda: arm_thinktune(config(model_dir, str(work / "tt"), args), args.start, str(work / "tt"))),
+        (
+            "trl-default",
+            lambda: arm_trl(config(model_dir, str(work / "trl"), args), args.start, str(work / "trl")),
+        ),
+        (
+            "thinktune",
+            lambda: arm_thinktune(config(model_dir, str(work / "tt"), args), args.start, str(work / "tt")),
+        ),
     ]
     if args.ablations:
         arms += [
@@ -275,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
         "model": args.model,
         "start": args.start,
         "steps": args.steps,
