@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 from conftest import cli
 from thinktune.configfile import load_config
 from thinktune.plan.arch import KNOWN_CONFIGS, arch_from_config
