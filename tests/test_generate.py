@@ -243,3 +243,72 @@ def test_vllm_generator_glue_against_a_stand_in_module(monkeypatch, tiny):
     assert greedy_params.kwargs["temperature"] == 0.0 and greedy_params.kwargs["seed"] is None
     for g in tuned + base:
         assert (g.reasoning, g.answer, g.stopped, g.think_closed) == ("r", "The answer is B", True, True)
+
+
+# ------------------------------------------------------------------------------------------ GRPO's group sampler
+
+
+def _ids(tiny, questions):
+    model, tok, fmt = tiny
+    return [tok(fmt.prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+
+
+@pytest.mark.parametrize("temperature,top_p,penalty", [(1.0, 1.0, 1.0), (0.7, 0.9, 1.0), (0.8, 0.95, 1.3)])
+def test_group_sampler_draws_what_transformers_draws(tiny, temperature, top_p, penalty):
+    """One prompt, one completion, the same seed: the same tokens as transformers' sampler (the arithmetic of
+    temperature, top-p and repetition penalty is transformers', draw for draw)."""
+    from thinktune.infer.generate import generate_ids, sample_groups
+
+    model, tok, fmt = tiny
+    prompt = _ids(tiny, QUESTIONS[1:2])
+    kw = dict(
+        stops=[fmt.eot_id],
+        max_new_tokens=24,
+        temperature=temperature,
+        top_p=top_p,
+        repetition_penalty=penalty,
+        seed=11,
+    )
+    want, _ = generate_ids(model, tok, prompt, batch_size=1, **kw)
+    assert sample_groups(model, tok, prompt, 1, **kw) == want
+
+
+def test_group_sampler_greedy_equals_transformers_with_rows_leaving_the_batch(tiny):
+    """Greedy, prompts of different lengths repeated as GRPO's groups, and a stop token one row reaches early
+    (it leaves the batch; the others go on): the same ids as transformers' batched generate."""
+    from thinktune.infer.generate import generate_ids, sample_groups
+
+    model, tok, fmt = tiny
+    prompts = _ids(tiny, QUESTIONS[:3])
+    first, _ = generate_ids(model, tok, prompts[:1], stops=[-1], max_new_tokens=12, batch_size=1)
+    stop = first[0][4]  # prompt 0's fifth greedy token: its rows stop there
+    repeated = [p for p in prompts for _ in range(3)]
+    want, _ = generate_ids(model, tok, repeated, stops=[stop], max_new_tokens=12, batch_size=len(repeated))
+    got = sample_groups(model, tok, prompts, 3, stops=[stop], max_new_tokens=12, temperature=0.0)
+    assert got == want
+    assert [len(x) for x in got[:3]] == [5, 5, 5] and got[0][-1] == stop
+    assert all(len(x) == 12 or x[-1] == stop for x in got)
+
+
+def test_group_sampler_is_seeded_and_groups_differ(tiny):
+    from thinktune.infer.generate import sample_groups
+
+    model, tok, fmt = tiny
+    prompts = _ids(tiny, QUESTIONS[:2])
+    kw = dict(stops=[fmt.eot_id], max_new_tokens=10, temperature=1.0)
+    a = sample_groups(model, tok, prompts, 4, seed=3, **kw)
+    assert (
+        a
+        == sample_groups(model, tok, prompts, 4, seed=3, **kw)
+        != sample_groups(model, tok, prompts, 4, seed=4, **kw)
+    )
+    assert len(a) == 8 and len({tuple(x) for x in a[:4]}) > 1  # a group's completions are drawn apart
+
+
+def test_prompt_groups_reads_trls_order():
+    from thinktune.train.grpo import prompt_groups
+
+    assert prompt_groups(["a", "a", "b", "b"]) == 2
+    assert prompt_groups(["a"] * 4) == 4
+    assert prompt_groups(["a", "b", "a", "b"]) == 1  # no run of repeats: each prompt its own group
+    assert prompt_groups(["a", "a", "b"]) is None

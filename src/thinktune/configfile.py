@@ -249,6 +249,11 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
                 raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value.")
             for key, value in values.items():
                 _set(cfg, f"{section}.{key}", value, str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    """Dotted overrides (``train.learning_rate=1e-4``) applied to `cfg` in place, later wins; returns `cfg`."""
     for text in overrides:
         key, value = parse_override(text)
         _set(cfg, key, value, "command line")

@@ -165,3 +165,193 @@ def print_outcome(run: RunDir, record: dict[str, Any], report: Path, *, out: Tex
     print(f"run folder: {run.path}", file=out)
     print(f"loss curve: {run.loss_curve}", file=out)
     print(f"report:     {report}", file=out)
+
+
+# ------------------------------------------------------------------------------------------ the GRPO demo
+
+GRPO_DEMO_CONFIG = RECIPES / "demo-grpo-cpu.yaml"
+#: The run folder the SFT demo writes (train.run_name of demo-cpu, under train.output_dir).
+SFT_DEMO_RUN = Path("runs") / "demo"
+MODELS = ("base", "SFT", "SFT+GRPO")
+
+
+def grpo_demo_config(sft_run: RunDir, overrides: Sequence[str] = ()) -> Config:
+    """The demo-grpo-cpu recipe on top of the SFT run (its model, adapter, template and LoRA shape)."""
+    from thinktune.configfile import apply_overrides
+    from thinktune.train.rl import from_run
+
+    cfg = from_run(sft_run, load_config(GRPO_DEMO_CONFIG))
+    cfg.grpo.init_from = str(sft_run.path)
+    cfg.train.output_dir = str(sft_run.path.parent)
+    return validate(apply_overrides(cfg, overrides))
+
+
+def run_grpo_demo(
+    overrides: Sequence[str] = (), *, out: TextIO | None = None, sft_run: str | Path | None = None
+) -> RunDir:
+    """GRPO from the SFT demo run (run first if absent), then base, SFT and SFT+GRPO side by side on the held-out
+    multiple-choice questions; returns the GRPO run."""
+    from thinktune.report.html import write_report
+    from thinktune.train.grpo import grpo
+
+    out = out or sys.stdout
+    started = time.perf_counter()
+    sft_path = Path(sft_run) if sft_run else SFT_DEMO_RUN
+    if not (sft_path / "adapter" / "adapter_config.json").is_file():
+        print(
+            f"{sft_path} holds no finished SFT demo run: running `thinktune demo` first.\n",
+            file=out,
+            flush=True,
+        )
+        sft = run_demo(out=out)
+    else:
+        sft = RunDir.open(sft_path)
+    cfg = grpo_demo_config(sft, overrides)
+    print(
+        f"thinktune demo grpo: GRPO from the SFT run {sft.path} on the bundled multiple-choice questions, on the "
+        "CPU, offline.\n",
+        file=out,
+        flush=True,
+    )
+    run = grpo(cfg)
+    trained = time.perf_counter()
+    rows = side_by_side(sft, run)
+    compared = time.perf_counter()
+    report = write_report(run.path)
+    timings = {
+        "grpo_s": round(trained - started, 1),
+        "compare_s": round(compared - trained, 1),
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    from thinktune.evals.mcq import Question
+
+    questions = [Question.from_example(e, i) for i, e in enumerate(run.examples("validation"))]
+    record = grpo_demo_record(sft, run, rows, questions, timings)
+    write_json(run.path / "demo_grpo.json", record)
+    print_grpo_outcome(run, record, report, out=out)
+    return run
+
+
+def side_by_side(sft: RunDir, grpo_run: RunDir) -> dict[str, list[Any]]:
+    """The GRPO run's held-out questions answered by the base model, the SFT adapter and the SFT+GRPO adapter,
+    greedily, in the same batches (one pass, each row with its own adapter); graded by the one grader.
+    The records go to demo_grpo.jsonl."""
+    from thinktune.evals.evaluate import record, tokenizer_fn
+    from thinktune.evals.mcq import Question
+    from thinktune.infer.generate import generate
+    from thinktune.infer.session import open_run
+    from thinktune.models.fastpath.lora import fuse_lora_linears, use_lora_kernel
+    from thinktune.utils import write_jsonl
+
+    session = open_run(grpo_run.path)
+    fmt = session.formatter
+    questions = [Question.from_example(e, i) for i, e in enumerate(grpo_run.examples("validation"))]
+    model = session.model()  # base + the GRPO adapter ("default")
+    model.load_adapter(str(sft.adapter), adapter_name="sft")
+    if use_lora_kernel("auto", next(model.parameters()).device.type):
+        fuse_lora_linears(model)
+    prompts = [fmt.prompt(q.message, q.system) for q in questions]
+    decoding = session.decoding()
+    tokenize = tokenizer_fn(session.tokenizer)
+    rows = {}
+    # One model at a time (the same prompts, batches and greedy decoding): each batch ends when its own longest
+    # answer does, and a single active adapter takes thinktune's LoRA kernel.
+    for m, adapter in zip(MODELS, (None, "sft", "default"), strict=True):
+        if adapter is None:
+            with model.disable_adapter():
+                gens = generate(model, session.tokenizer, prompts, **decoding)
+        else:
+            model.set_adapter(adapter)
+            gens = generate(model, session.tokenizer, prompts, **decoding)
+        rows[m] = [record(q, g, tokenize) for q, g in zip(questions, gens, strict=True)]
+    write_jsonl(
+        grpo_run.path / "demo_grpo.jsonl", ({"model": m, **r.to_dict()} for m in MODELS for r in rows[m])
+    )
+    return rows
+
+
+def held_out_scores(records: Sequence[Any], questions: Sequence[Any]) -> dict[str, Any]:
+    """Share that closed the think block, share that named one option in the answer, accuracy with its 95%
+    interval, and the random baseline, over one model's graded records."""
+    from thinktune.evals.grading import wilson_interval
+
+    n = len(records)
+    named = sum(
+        r.output.predicted is not None and not str(r.output.extracted_by).startswith("reasoning")
+        for r in records
+    )
+    right = sum(bool(r.output.correct) for r in records)
+    lo, hi = wilson_interval(right, n)
+    return {
+        "questions": n,
+        "think_closed": sum(r.output.think_closed for r in records) / n if n else None,
+        "named_option": named / n if n else None,
+        "correct": right,
+        "accuracy": right / n if n else None,
+        "ci95": [lo, hi],
+        "random_baseline": sum(1 / len(q.options or {"": ""}) for q in questions) / n if n else None,
+    }
+
+
+def grpo_demo_record(
+    sft: RunDir, run: RunDir, rows: dict[str, list[Any]], questions: Sequence[Any], timings: dict[str, float]
+) -> dict[str, Any]:
+    """What the GRPO demo measured (demo_grpo.json): the held-out scores per model and the reward over the run."""
+    records = run.metrics_records()
+    rewards = [r["reward"] for r in records if isinstance(r.get("reward"), (int, float))]
+    quarter = max(1, len(rewards) // 4)
+    summary = run.read_summary()
+    return {
+        "sft_run": str(sft.path),
+        "run": str(run.path),
+        "timings_s": timings,
+        "steps": summary.steps,
+        "reward_first_quarter": sum(rewards[:quarter]) / quarter if rewards else None,
+        "reward_last_quarter": sum(rewards[-quarter:]) / quarter if rewards else None,
+        "rewards_logged": rewards,
+        "warnings": summary.warnings or [],
+        "held_out": {m: held_out_scores(rows[m], questions) for m in MODELS},
+    }
+
+
+def print_grpo_outcome(
+    run: RunDir, record: dict[str, Any], report: Path, *, out: TextIO | None = None
+) -> None:
+    out = out or sys.stdout
+    held = record["held_out"]
+    n = held[MODELS[0]]["questions"]
+    print("\n" + "=" * 80, file=out)
+    print(
+        f"held-out multiple-choice questions: {n} (a seeded split of sample:mcq, never trained on)\n",
+        file=out,
+    )
+    print(
+        f"{'model':<10} {'think closed':>13} {'named one option':>17} {'accuracy [95% interval]':>28}",
+        file=out,
+    )
+    for m in MODELS:
+        s = held[m]
+        acc = f"{s['correct']}/{n} = {s['accuracy']:.0%} [{s['ci95'][0]:.0%}, {s['ci95'][1]:.0%}]"
+        print(f"{m:<10} {s['think_closed']:>13.0%} {s['named_option']:>17.0%} {acc:>28}", file=out)
+    base = held[MODELS[0]]["random_baseline"]
+    print(
+        f"\nrandom guessing: {base:.0%}. An accuracy whose interval includes it shows no medical skill: a 135M model "
+        "learns the format here (closing the think block, naming one option), not medicine.",
+        file=out,
+    )
+    first, last = record["reward_first_quarter"], record["reward_last_quarter"]
+    if first is not None:
+        print(
+            f"mean reward: {first:.3f} over the first quarter of the logged steps -> {last:.3f} over the last",
+            file=out,
+        )
+    for w in record["warnings"]:
+        print(f"warning: {w}", file=out)
+    t = record["timings_s"]
+    print(
+        f"time: {t['total_s']:.0f} s (GRPO {t['grpo_s']:.0f} s, held-out answers of three models {t['compare_s']:.0f} s)",
+        file=out,
+    )
+    print(f"run folder: {run.path}", file=out)
+    print(f"curves:     {run.loss_curve}", file=out)
+    print(f"report:     {report}", file=out)

@@ -6,7 +6,10 @@ runs/<name>/
   data_report.json       load summary, template facts, lengths, length policy (+ length_histogram.png)
   data/train.jsonl       the exact examples trained on (after the length policy)
   data/validation.jsonl  the held-out examples (evaluation and before/after comparison use these)
-  metrics.jsonl          one line per logging step (step, epoch, loss, eval_loss, learning_rate, ...)
+  metrics.jsonl          one line per logging step (step, epoch, loss, eval_loss, learning_rate, ...; GRPO: the
+                         rewards, zero-spread share, KL, entropy, completion length and clipped share)
+  completions.jsonl      GRPO: completions sampled at each logging step with their rewards (CompletionRecord)
+  data/pairs.jsonl       DPO: the (right, wrong) answer pairs trained on (PairRecord)
   loss_curve.png
   adapter/               PEFT adapter + tokenizer + the exact chat template used in training
   checkpoints/           resumable Trainer checkpoints (last K kept)
@@ -53,6 +56,8 @@ class RunDir:
     train_data = property(lambda self: self.path / "data" / "train.jsonl")
     validation_data = property(lambda self: self.path / "data" / "validation.jsonl")
     metrics = property(lambda self: self.path / "metrics.jsonl")
+    completions = property(lambda self: self.path / "completions.jsonl")
+    pairs = property(lambda self: self.path / "data" / "pairs.jsonl")
     loss_curve = property(lambda self: self.path / "loss_curve.png")
     adapter = property(lambda self: self.path / "adapter")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -146,6 +151,15 @@ class RunSummary:
     signal: str | None = None
     checkpoint: str | None = None
     resume_hint: str | None = None
+    # the reinforcement stage (grpo, dpo)
+    init_from: str | None = None  # the SFT run or adapter the stage continued
+    first_reward: float | None = None
+    final_reward: float | None = None
+    rewards: dict[str, Any] | None = None  # per reward: first and final mean
+    warnings: list[str] | None = None  # guard-rail warnings (no reward spread, clipped completions)
+    prompts_dropped: int | None = None  # prompts over grpo.max_prompt_length
+    pairs: int | None = None  # DPO pairs trained on
+    questions_with_pair: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

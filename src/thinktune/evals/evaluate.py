@@ -137,7 +137,7 @@ def answer_questions(
 def record(question: Question, gen: Any, tokenize: Any) -> EvalRecord:
     """One eval_*.jsonl line: the question, the generation's health fields and its grade."""
     output = measure(question.text, gen, tokenize)
-    if question.options:
+    if question.options or question.open_ended:
         g = grade(question, gen)
         output = replace(output, predicted=g.letter, extracted_by=g.how, correct=g.correct)
     return EvalRecord(

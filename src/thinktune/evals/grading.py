@@ -209,9 +209,52 @@ class Grade:
     correct: bool | None  # None: the question has no reference letter
 
 
+#: An open-ended answer longer than this (in words) is judged by its last sentence only: a long answer that
+#: lists candidates must not be counted right because the reference is somewhere among them.
+OPEN_ANSWER_WORDS = 40
+_ARTICLES = re.compile(r"\b(?:the|a|an)\b")
+
+
+def _norm_answer(text: str) -> str:
+    """Lowercase, NFKC, punctuation and articles out, whitespace collapsed: 'The B. pertussis.' -> 'b pertussis'."""
+    text = unicodedata.normalize("NFKC", text or "").lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _conclusion(answer: str) -> str:
+    """The last sentence of an answer (where a long answer states its conclusion)."""
+    parts = [p for p in re.split(r"(?<=[.!?。！？])\s+|\n+", answer.strip()) if p.strip()]
+    return parts[-1] if parts else ""
+
+
+def match_reference(answer: str, reference: str, aliases: Sequence[str] = ()) -> tuple[bool, str]:
+    """(right, how) for an open-ended answer: the normalized reference (or an alias) is the answer, or appears in
+    it as a whole phrase; answers over :data:`OPEN_ANSWER_WORDS` words are judged by their last sentence."""
+    ans = _norm_answer(answer)
+    if not ans:
+        return False, "no answer"
+    targets = [("reference", reference), *(("alias", a) for a in aliases)]
+    normalized = [(name, _norm_answer(t)) for name, t in targets if _norm_answer(t)]
+    for name, t in normalized:
+        if ans == t:
+            return True, f"exact:{name}"
+    scope, text = "answer", ans
+    if len(ans.split()) > OPEN_ANSWER_WORDS:
+        scope, text = "conclusion", _norm_answer(_conclusion(answer))
+    for name, t in normalized:
+        if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text):
+            return True, f"{scope}:{name}"
+    return False, "no match"
+
+
 def grade(question: Question, generation: Any) -> Grade:
     """The one grader: the option `generation` (anything with ``answer`` and ``reasoning``) chose, and whether it
-    is the reference. Eval, compare and the reinforcement reward call this, nothing else."""
+    is the reference. Eval, compare and the reinforcement reward call this, nothing else. An open-ended
+    verifiable question (no options, a short reference) is graded by :func:`match_reference` on the answer."""
+    if question.open_ended:
+        right, how = match_reference(generation.answer, question.reference or "", question.aliases)
+        return Grade(None, how, right)
     if not question.options:
         return Grade(None, "no options", None)
     got = extract_choice(generation.answer, question.options, generation.reasoning)

@@ -44,10 +44,17 @@ class Question:
     reference: str | None = None  # the reference answer's text
     system: str | None = None
     list_options: bool = True  # the user message lists the options (held-out examples already hold them)
+    aliases: tuple[str, ...] = ()  # other names of an open-ended question's reference answer
+    verifiable: bool = False  # an open-ended question whose reference is a short answer to match
 
     @property
     def gradable(self) -> bool:
         return bool(self.options) and self.answer in (self.options or {})
+
+    @property
+    def open_ended(self) -> bool:
+        """No options, and a short reference answer the grader matches (a verifiable problem)."""
+        return not self.options and self.verifiable and bool((self.reference or "").strip())
 
     @property
     def message(self) -> str:
@@ -59,6 +66,7 @@ class Question:
         """A held-out example; its `meta` options and answer_idx (kept from MCQ columns) make it gradable."""
         options, letter = ex.meta.get("options"), ex.meta.get("answer_idx")
         mcq = isinstance(options, dict) and letter in options
+        aliases = ex.meta.get("aliases")
         return cls(
             ex.question,
             dict(options) if mcq else None,
@@ -69,6 +77,8 @@ class Question:
             reference=ex.answer,
             system=ex.system,
             list_options=False,
+            aliases=tuple(a for a in aliases if isinstance(a, str)) if isinstance(aliases, list) else (),
+            verifiable=bool(ex.meta.get("verifiable")) and not mcq,
         )
 
 

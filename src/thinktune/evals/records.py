@@ -2,7 +2,9 @@
 
 - :class:`Output`      one model's answer to one question, measured (reasoning health) and graded;
 - :class:`EvalRecord`  one line of ``eval_<name>.jsonl``: the question and one model's :class:`Output`;
-- :class:`ComparePair` one line of ``compare.jsonl``: the question and the base and tuned :class:`Output`.
+- :class:`ComparePair` one line of ``compare.jsonl``: the question and the base and tuned :class:`Output`;
+- :class:`CompletionRecord` one line of ``completions.jsonl``: a completion sampled during GRPO and its rewards;
+- :class:`PairRecord`  one line of ``data/pairs.jsonl``: a DPO pair (a right and a wrong sampled answer).
 
 Files keep their documented layout (an eval line is flat; a compare line nests ``base`` and ``tuned``).
 ``from_dict`` accepts lines written by earlier versions (a field they lack takes its default), so the report and
@@ -99,6 +101,55 @@ class ComparePair:
 
     def side(self, name: str) -> Output:
         return self.base if name == "base" else self.tuned
+
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    """A completion the policy sampled at a GRPO logging step, as it was read and rewarded."""
+
+    step: int
+    question: str
+    completion: str
+    reasoning: str = ""
+    answer: str = ""
+    think_closed: bool = False
+    stopped: bool = False
+    new_tokens: int = 0
+    rewards: dict[str, float] = dataclasses.field(default_factory=dict)
+    total: float = 0.0  # the weighted sum GRPO normalises within the group
+    reference: str | None = None
+    reference_letter: str | None = None
+    predicted: str | None = None
+    row: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> CompletionRecord:
+        return cls(**{"step": 0, "question": "", "completion": "", **_known(cls, raw)})
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A DPO training pair: the prompt, a sampled answer the grader accepted and one it rejected."""
+
+    question: str
+    prompt: str
+    chosen: str
+    rejected: str
+    row: int | None = None
+    reference: str | None = None
+    reference_letter: str | None = None
+    chosen_tokens: int = 0
+    rejected_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PairRecord:
+        return cls(**{"question": "", "prompt": "", "chosen": "", "rejected": "", **_known(cls, raw)})
 
 
 #: Fields an eval line holds only when the question has them (benchmark rows; graded questions).

@@ -208,20 +208,70 @@ def generate(
     ``adapter_names`` (one per prompt, ``"__base__"`` for none) runs a PeftModel's rows with different adapters
     in one batch (PEFT's mixed-batch inference). ``on_text`` streams the answer to a single prompt piece by
     piece; Ctrl-C then ends it early and the partial answer comes back with ``interrupted=True``."""
-    import torch
-
     if on_text is not None and len(prompts) != 1:
         raise GenerationError("streaming (on_text) generates one prompt at a time")
     stops = stop_token_ids(tokenizer, eot_id)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    new_ids, interrupted = generate_ids(
+        model,
+        tokenizer,
+        encoded,
+        stops=stops,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        adapter_names=adapter_names,
+        on_text=on_text,
+    )
+    return [
+        make_generation(
+            tokenizer,
+            prompt,
+            ids,
+            stops,
+            max_new_tokens=max_new_tokens,
+            prompt_opens_think=prompt_opens_think,
+            interrupted=interrupted,
+        )
+        for prompt, ids in zip(prompts, new_ids, strict=True)
+    ]
+
+
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    encoded: Sequence[Sequence[int]],
+    *,
+    stops: Sequence[int],
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+    adapter_names: Sequence[str] | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> tuple[list[list[int]], bool]:
+    """The generated token ids of every tokenized prompt (input order), as the model produced them: up to and
+    including the first stop token, or `max_new_tokens` ids without one; and whether Ctrl-C cut a stream.
+    :func:`generate` decodes them; the reinforcement stage trains on them as they are."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     # Longest first: similar lengths share a batch (less padding), and an OOM shows up on the first batch.
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    results: list[Generation | None] = [None] * len(prompts)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    results: list[list[int] | None] = [None] * len(encoded)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     decoding = decoding_kwargs(temperature, top_p, repetition_penalty)
+    interrupted = False
+    stop_set = set(stops)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -230,7 +280,7 @@ def generate(
             attention = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
             if decoding["do_sample"]:
                 torch.manual_seed(seed_for_batch(seed, start))
@@ -238,14 +288,13 @@ def generate(
             stream = _TextStream(tokenizer, on_text, stops) if on_text is not None else None
             if stream is not None:
                 rows["streamer"] = stream
-            interrupted = False
             try:
                 with torch.no_grad(), skinny_head(model):
                     out = model.generate(
                         input_ids=input_ids.to(device),
                         attention_mask=attention.to(device),
                         max_new_tokens=max_new_tokens,
-                        eos_token_id=stops,
+                        eos_token_id=list(stops),
                         pad_token_id=pad_id,
                         **decoding,
                         **rows,
@@ -256,21 +305,119 @@ def generate(
                     raise
                 new_rows, interrupted = [stream.ids], True
             for row, i in enumerate(idx):
-                results[i] = make_generation(
-                    tokenizer,
-                    prompts[i],
-                    new_rows[row],
-                    stops,
-                    max_new_tokens=max_new_tokens,
-                    prompt_opens_think=prompt_opens_think,
-                    interrupted=interrupted,
-                )
+                new = new_rows[row]
+                # Everything after the first stop token is padding.
+                end = next((j + 1 for j, t in enumerate(new) if t in stop_set), len(new))
+                results[i] = new[:end]
             if progress:
                 progress(min(start + batch_size, len(order)), len(order))
     finally:
         if was_training:
             model.train()
-    return [r for r in results if r is not None]
+    return [r if r is not None else [] for r in results], interrupted
+
+
+def _top_p(scores: Any, top_p: float) -> Any:
+    """transformers' TopPLogitsWarper, exactly: drop the least likely tokens outside the `top_p` mass."""
+    import torch
+
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = 0
+    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), float("-inf"))
+
+
+def sample_groups(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    group: int,
+    *,
+    stops: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    seed: int = 0,
+) -> list[list[int]]:
+    """`group` completions of every tokenized prompt (prompt i's at ``i * group ...``), decoded as
+    :func:`generate_ids` decodes (the same temperature, top-p and repetition penalty arithmetic as transformers'
+    sampler, ids up to and including the first stop token), with two savings for GRPO's groups: each prompt is
+    prefilled once and its KV cache shared by its `group` completions, and a finished completion leaves the batch
+    (transformers keeps decoding it as padding until the longest one ends). `temperature` 0 is greedy."""
+    import torch
+    from transformers import DynamicCache
+
+    if not prompts:
+        return []
+    stop_ids = torch.tensor(list(stops))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        attention[row, width - len(p) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    ids, attention, positions = ids.to(device), attention.to(device), positions.to(device)
+    was_training = model.training
+    model.eval()
+    results: list[list[int]] = [[] for _ in range(len(prompts) * group)]
+    try:
+        with torch.no_grad(), skinny_head(model):
+            cache = DynamicCache()
+            out = model(
+                input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+            logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)
+            del out
+            cache.batch_repeat_interleave(group)
+            attention = attention.repeat_interleave(group, dim=0)
+            last = positions[:, -1].repeat_interleave(group, dim=0)
+            history = ids.repeat_interleave(group, dim=0) if repetition_penalty != 1.0 else None
+            active = torch.arange(len(results), device=device)
+            if temperature > 0:
+                torch.manual_seed(seed)
+            for step in range(max_new_tokens):
+                scores = logits
+                if history is not None:
+                    score = torch.gather(scores, 1, history)
+                    score = torch.where(score < 0, score * repetition_penalty, score / repetition_penalty)
+                    scores = scores.scatter(1, history, score)
+                if temperature > 0:
+                    scores = scores / temperature
+                    if top_p < 1.0:
+                        scores = _top_p(scores, top_p)
+                    chosen = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                else:
+                    chosen = torch.argmax(scores, dim=-1)
+                for row, token in zip(active.tolist(), chosen.tolist(), strict=True):
+                    results[row].append(token)
+                done = torch.isin(chosen, stop_ids.to(chosen.device))
+                if step + 1 == max_new_tokens or bool(done.all()):
+                    break
+                if bool(done.any()):
+                    keep = (~done).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    active, chosen, attention, last = active[keep], chosen[keep], attention[keep], last[keep]
+                    history = history[keep] if history is not None else None
+                attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+                last = last + 1
+                if history is not None:
+                    history = torch.cat([history, chosen[:, None]], dim=1)
+                out = model(
+                    input_ids=chosen[:, None], attention_mask=attention, position_ids=last[:, None],
+                    past_key_values=cache, use_cache=True,
+                )  # fmt: skip
+                logits = out.logits[:, -1].float()
+                del out
+    finally:
+        if was_training:
+            model.train()
+    return results
 
 
 def _mixable(model: Any) -> bool:

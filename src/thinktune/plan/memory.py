@@ -18,7 +18,10 @@ What is counted, per component (bytes):
   ``loss="full"``, the full-vocabulary path (logits, their fp32 copy and log-softmax, 12 bytes per token per
   vocabulary entry at the backward peak: the largest term at long lengths with a 152k vocabulary);
 - transients: one layer's forward/backward temporaries, the QLoRA dequantized weight, optimizer temporaries;
-- runtime: the CUDA context (not visible to PyTorch's allocator) and allocator fragmentation.
+- runtime: the CUDA context (not visible to PyTorch's allocator) and allocator fragmentation;
+- the reinforcement stage (GRPO, DPO; :class:`Sampling`): a sampling phase with the KV cache of every sequence
+  decoded together, the last position's logits at the full vocabulary (152k for Qwen) and the prompts' prefill;
+  padded micro-batches of prompt + completion; TRL's frozen copy of a continued adapter (the reference).
 
 The peak is the maximum over the phases of a step (loss, backbone backward, checkpoint recompute, optimizer
 step). The activation model was checked tensor by tensor against autograd's saved tensors, and end to end
@@ -48,6 +51,22 @@ _TRL_TOKEN_CHUNK, _TRL_VOCAB_CHUNK = 4096, 32768
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """The reinforcement stage's sampling, for :class:`Setup`: `rows` sequences of up to `prompt_length` +
+    `completion_length` tokens decoded together with a KV cache (GRPO: every completion of an optimizer step at
+    once, as TRL generates them; DPO: one batch of the answers sampled before training)."""
+
+    prompt_length: int
+    completion_length: int
+    rows: int
+    num_generations: int = 1
+    stage: str = (
+        "grpo"  # grpo: sampling between optimizer steps; dpo: before training (no optimizer state yet)
+    )
+    reference_adapter: bool = False  # TRL's frozen copy of a continued adapter (the KL / DPO reference)
+
+
+@dataclass(frozen=True)
 class Setup:
     """One training configuration to estimate. Built from a :class:`~thinktune.config.Config` by
     :func:`setup_from_config`; the defaults are thinktune's LoRA recipe, so a measurement names only what it
@@ -67,6 +86,7 @@ class Setup:
     attention: str = "sdpa"  # sdpa | packed_sdpa (per-example, no mask) | flash_attention_2 | eager
     loss: str = "chunked"  # chunked (TRL's fused LM head) | full (HF loss over materialised logits)
     device: str = "cuda"
+    sampling: Sampling | None = None  # GRPO / DPO: the sampling phase, and padded (not packed) micro-batches
 
     @property
     def tokens(self) -> int:
@@ -266,6 +286,39 @@ def saved_bytes(arch: Arch, s: Setup) -> dict[str, int]:
     return {"layers": layers, "shared": shared, "loss": _loss_bytes(arch, s)[0]}
 
 
+def sampling_bytes(arch: Arch, s: Setup) -> dict[str, int]:
+    """The sampling phase of GRPO / DPO (empty without :attr:`Setup.sampling`): the weights, the adapter (and,
+    for GRPO, its optimizer state), the KV cache of every sequence decoded together, the last position's logits
+    and the sampler's fp32 copies of them, and one block's temporaries while the prompts are prefilled. The
+    gradients are freed (set to None) between optimizer steps."""
+    sp = s.sampling
+    if sp is None:
+        return {}
+    e, ad, _, _, _ = _dtypes(s)
+    n_lora = lora_param_count(arch, s.lora_r, s.target_modules)
+    opt_state, _ = _optimizer_bytes(n_lora, ad, s.optim)
+    tokens = sp.rows * (sp.prompt_length + sp.completion_length)
+    kv = 2 * arch.num_layers * arch.kv_dim * e * tokens
+    logits = (
+        3 * sp.rows * arch.vocab_size * 4
+    )  # the last position's logits in fp32, the processed scores, probs
+    prefill = sp.rows * sp.prompt_length * (arch.hidden_size * 4 + arch.intermediate_size * 3) * e
+    extra = _layer_transient(arch, s)[0] if s.qlora else 0  # the dequantized weight
+    workspaces = CUBLAS_WORKSPACE_BYTES if s.device == "cuda" else 0
+    state = 0 if sp.stage == "dpo" else opt_state
+    total = (
+        weight_bytes(arch, s.precision, s.qlora)
+        + n_lora * ad
+        + state
+        + workspaces
+        + kv
+        + logits
+        + prefill
+        + extra
+    )
+    return {"total": total, "kv_cache": kv, "logits": logits}
+
+
 def estimate(arch: Arch, s: Setup) -> Estimate:
     """Peak memory of one steady-state training step (optimizer state already allocated)."""
     if s.qlora and s.precision == "fp32":
@@ -312,6 +365,12 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
         }
         acts = layers_saved + shared
     phases["optimizer step"] = weights + adapters + grads + opt_state + opt_temp + workspaces
+    sampled = sampling_bytes(arch, s)
+    if sampled:
+        phases["sampling"] = sampled["total"]
+        if s.sampling is not None and s.sampling.reference_adapter:
+            for k in phases:
+                phases[k] += n_lora * ad  # TRL's frozen reference copy of the adapter lives all along
     peak_phase = max(phases, key=phases.__getitem__)
     peak = phases[peak_phase]
     runtime = CUDA_CONTEXT_BYTES if s.device == "cuda" else 0
@@ -328,11 +387,28 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     components["logits & loss" if s.loss == "full" else "LM head & loss (chunked)"] = (
         loss_peak if peak_phase == "loss" else 0
     )
+    if sampled:
+        components["reference adapter (frozen copy)"] = n_lora * ad if s.sampling.reference_adapter else 0
+        on = peak_phase == "sampling"
+        components["KV cache (sampling)"] = sampled["kv_cache"] if on else 0
+        components["sampling logits"] = sampled["logits"] if on else 0
+        if on:
+            components["activations (saved for backward)"] = 0
+            components["LoRA gradients"] = 0
+            if s.sampling.stage == "dpo":
+                components["optimizer state"] = 0
     rest = peak - sum(components.values())
     components["recompute & temporaries"] = rest
     components["CUDA context"] = runtime
     components["allocator reserve"] = reserve
     notes = []
+    if sampled:
+        sp = s.sampling
+        notes.append(
+            f"sampling: {sp.rows} sequences of up to {sp.prompt_length}+{sp.completion_length} tokens decoded together "
+            f"(KV cache {sampled['kv_cache'] / GiB:.2f} GiB); the training micro-batches are padded to the longest "
+            "prompt and completion (not packed)."
+        )
     _, mask_bytes = _attention_layout(s)
     if s.device == "cuda" and s.attention == "sdpa" and mask_bytes:
         notes.append(

@@ -17,7 +17,7 @@ from typing import Any
 from thinktune.errors import PlanError
 from thinktune.plan.arch import Arch, known_id, load_arch
 from thinktune.plan.memory import Estimate, GiB, estimate
-from thinktune.plan.recommend import Recommendation, recommend, setup_from_config
+from thinktune.plan.recommend import Recommendation, recommend, recommend_rl, setup_from_config
 from thinktune.utils import quantiles
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,16 @@ def build_plan(
     fix_length: bool = False,
     fix_batch: int | None = None,
     effective_batch: int | None = None,
+    stage: str = "sft",
 ) -> dict[str, Any]:
     """Everything `thinktune plan` shows, as data: the model, the data's lengths, the configured setup's
     estimate with and without checkpointing, and the recommendation for `vram_bytes`."""
     arch, config_source = load_arch(cfg.model.name_or_path, cfg.model.revision)
-    base = replace(setup_from_config(cfg, device="cuda", bf16_supported=bf16_supported), loss=loss)
+    base = replace(
+        setup_from_config(cfg, device="cuda", bf16_supported=bf16_supported, stage=stage), loss=loss
+    )
+    if stage != "sft":
+        return _rl_plan(cfg, arch, config_source, base, vram_bytes)
     if effective_batch is not None and effective_batch < 1:
         raise PlanError(f"--effective-batch {effective_batch}: must be at least 1.")
     if fix_batch is not None and fix_batch < 1:
@@ -168,6 +173,30 @@ def build_plan(
     }
 
 
+def _rl_plan(cfg: Any, arch: Arch, config_source: str, base: Any, vram_bytes: int) -> dict[str, Any]:
+    """The plan of a GRPO / DPO run: the configured setup with and without checkpointing, and settings that fit
+    (completion length, generations, micro-batch and accumulation)."""
+    columns = {
+        "checkpointing off": estimate(arch, replace(base, gradient_checkpointing=False)),
+        "checkpointing on": estimate(arch, replace(base, gradient_checkpointing=True)),
+    }
+    return {
+        "model": arch.name,
+        "config_source": config_source,
+        "arch": arch,
+        "params": arch.total_params,
+        "vram_bytes": vram_bytes,
+        "data": None,
+        "stage": base.sampling.stage,
+        "wanted_max_length": base.max_length,
+        "effective_batch": base.micro_batch * base.grad_accum,
+        "configured": base,
+        "columns": columns,
+        "recommendation": recommend_rl(arch, base, vram_bytes),
+        "coverage": None,
+    }
+
+
 def plan_to_json(plan: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -184,6 +213,20 @@ def _gib(n: int) -> str:
 
 def _describe(s: Any) -> str:
     method = "QLoRA (4-bit NF4 base)" if s.qlora else f"LoRA ({s.precision} base)"
+    sp = s.sampling
+    if sp is not None and sp.stage == "grpo":
+        return (
+            f"GRPO, {method}, r={s.lora_r} on {len(s.target_modules)} modules/block, {sp.num_generations} "
+            f"generations of up to {sp.completion_length} tokens after prompts of up to {sp.prompt_length}, "
+            f"micro-batch {s.micro_batch} completions x accumulation {s.grad_accum} ({sp.rows} sampled together), "
+            f"{s.attention}"
+        )
+    if sp is not None:
+        return (
+            f"DPO, {method}, r={s.lora_r} on {len(s.target_modules)} modules/block, answers of up to "
+            f"{sp.completion_length} tokens after prompts of up to {sp.prompt_length}, micro-batch "
+            f"{s.micro_batch // 2} pairs x accumulation {s.grad_accum}, {s.attention}"
+        )
     return (
         f"{method}, r={s.lora_r} on {len(s.target_modules)} modules/block, max_length {s.max_length}, "
         f"micro-batch {s.micro_batch} x accumulation {s.grad_accum}, {s.attention}, "
@@ -248,5 +291,8 @@ def print_plan(plan: dict[str, Any], out=None) -> None:
             "(data.length_policy decides the rest)",
             file=out,
         )
-    print("\npaste these overrides after your config file (thinktune train CONFIG.yaml ...):", file=out)
+    command = {"grpo": "thinktune grpo RUN_DIR CONFIG.yaml", "dpo": "thinktune dpo RUN_DIR CONFIG.yaml"}.get(
+        plan.get("stage") or "", "thinktune train CONFIG.yaml"
+    )
+    print(f"\npaste these overrides after your config file ({command} ...):", file=out)
     print("  " + " ".join(rec.overrides), file=out)

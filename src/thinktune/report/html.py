@@ -21,7 +21,7 @@ from typing import Any
 from thinktune.evals.health import HEALTH_ROWS, fmt_value, health_metrics, lookup
 from thinktune.evals.records import Output
 from thinktune.report.files import load_run_files
-from thinktune.report.plots import accuracy_plot, is_number, length_plot, loss_plot, png_uri
+from thinktune.report.plots import accuracy_plot, has_rewards, is_number, length_plot, loss_plot, png_uri
 from thinktune.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -163,17 +163,35 @@ def section_summary(f: dict[str, Any], cmd: str) -> str:
     return out
 
 
+#: What a reinforcement run's curves mean (the loss is not a measure of progress there).
+RL_NOTE = (
+    "GRPO: the loss is near 0 by construction (each completion's advantage is its reward minus its group's mean, "
+    "so they cancel on average); a loss near 0 is normal and says nothing about progress. Watch the reward: it "
+    "should rise, with its parts (correct, format, length) apart; the completion length and the share cut at "
+    "max_completion_length show whether answers still fit. Sampled completions with their rewards are in "
+    "completions.jsonl."
+)
+RL_KEYS = (
+    "step", "loss", "reward", "reward_correct", "reward_format", "reward_length", "zero_spread_share", "kl",
+    "entropy", "completion_length", "clipped_share", "step_time_s", "generation_tokens_per_s",
+)  # fmt: skip
+
+
 def section_loss(f: dict[str, Any], cmd: str) -> str:
     uri = loss_plot(f["metrics"])
     if uri:
+        rl = has_rewards(f["metrics"])
+        keys = RL_KEYS if rl else ("step", "epoch", "loss", "tokens_per_s", "eval_loss")
         note = ", ".join(
             f"{k} {_fmt(m[k])}"
-            for k in ("step", "epoch", "loss", "tokens_per_s", "eval_loss")
+            for k in keys
             for m in [next((m for m in reversed(f["metrics"]) if is_number(m.get(k))), None)]
             if m is not None
         )
+        alt = "loss, rewards and completion lengths by step" if rl else "training and evaluation loss by step"
         return (
-            _img(uri, "training and evaluation loss by step", "loss-plot")
+            _img(uri, alt, "loss-plot")
+            + (f"<p>{esc(RL_NOTE)}</p>" if rl else "")
             + f'<p class="muted">last logged: {esc(note)}</p>'
         )
     if f["loss_curve"]:
@@ -375,7 +393,7 @@ def section_examples(f: dict[str, Any], cmd: str) -> str:
 
 TITLES = {
     "summary": "Run summary",
-    "loss": "Loss curves",
+    "loss": "Loss curves (and rewards, for GRPO)",
     "data": "Data lengths",
     "heldout": "Held-out loss by span",
     "accuracy": "Benchmark accuracy, before and after",

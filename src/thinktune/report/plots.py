@@ -97,8 +97,94 @@ def draw_loss(ax: Any, records: list[dict[str, Any]], *, annotate: bool = True) 
     return {name: len(points) for name, points in series.items() if points}
 
 
+REWARD_COLORS = {"correct": "#55A868", "format": "#8172B2", "length": "#DD8452"}
+
+
+def has_rewards(records: list[dict[str, Any]]) -> bool:
+    """Whether metrics.jsonl records come from the reinforcement stage (they log a reward)."""
+    return any(is_number(r.get("reward")) for r in records)
+
+
+def _points(records: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(r["step"], r[key]) for r in records if is_number(r.get(key)) and is_number(r.get("step"))]
+
+
+def draw_rewards(ax: Any, records: list[dict[str, Any]]) -> dict[str, int]:
+    """The total reward per logging step (with its spread) and each reward's mean apart."""
+    drawn = {}
+    total = _points(records, "reward")
+    if total:
+        xs, ys = zip(*total, strict=True)
+        ax.plot(xs, ys, color="black", linewidth=1.8, label="reward (weighted sum)")
+        spread = [
+            r.get("reward_std") for r in records if is_number(r.get("reward")) and is_number(r.get("step"))
+        ]
+        if all(is_number(x) for x in spread):
+            ax.fill_between(xs, [y - s for y, s in zip(ys, spread, strict=True)],
+                            [y + s for y, s in zip(ys, spread, strict=True)], color="black", alpha=0.08)  # fmt: skip
+        drawn["reward"] = len(total)
+    for name, color in REWARD_COLORS.items():
+        pts = _points(records, f"reward_{name}")
+        if pts:
+            ax.plot(*zip(*pts, strict=True), color=color, linewidth=1.2, label=name)
+            drawn[f"reward_{name}"] = len(pts)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean reward per completion")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    return drawn
+
+
+def draw_completion_lengths(ax: Any, records: list[dict[str, Any]]) -> dict[str, int]:
+    """Mean completion length in tokens, and (right axis) the share cut at max_completion_length."""
+    drawn = {}
+    lengths = _points(records, "completion_length")
+    if lengths:
+        ax.plot(*zip(*lengths, strict=True), color=TRAIN_COLOR, linewidth=1.4, label="mean length")
+        drawn["completion_length"] = len(lengths)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("completion tokens")
+    ax.grid(alpha=0.3)
+    clipped = _points(records, "clipped_share")
+    if clipped:
+        twin = ax.twinx()
+        twin.plot(
+            *zip(*clipped, strict=True),
+            color=EVAL_COLOR,
+            linestyle="--",
+            linewidth=1.2,
+            label="cut at the limit",
+        )
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("share cut at max_completion_length", color=EVAL_COLOR)
+        drawn["clipped_share"] = len(clipped)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=8)
+    return drawn
+
+
+def _draw_rl(axes: Any, records: list[dict[str, Any]], title: str, annotate: bool) -> dict[str, int]:
+    loss_ax, reward_ax, length_ax = axes
+    drawn = draw_loss(loss_ax, records, annotate=annotate)
+    loss_ax.set_title("loss (GRPO: near 0 is normal)", fontsize=10)
+    drawn |= draw_rewards(reward_ax, records)
+    reward_ax.set_title("rewards", fontsize=10)
+    drawn |= draw_completion_lengths(length_ax, records)
+    length_ax.set_title("completion length", fontsize=10)
+    if title:
+        loss_ax.figure.suptitle(title, fontsize=10)
+    return drawn
+
+
 def plot_loss_curve(records: list[dict[str, Any]], path: str | Path, title: str = "") -> dict[str, int]:
-    """loss_curve.png of a run from its metrics.jsonl records; returns the points drawn per series."""
+    """loss_curve.png of a run from its metrics.jsonl records; returns the points drawn per series. A
+    reinforcement run (its records log rewards) gets a reward panel and a completion-length panel beside the
+    loss."""
+    if has_rewards(records):
+        data, drawn = _png(lambda axes: _draw_rl(axes, records, title, True), (15, 4), dpi=100, grid=(1, 3))
+        _write(path, data)
+        return drawn
 
     def draw(ax: Any) -> dict[str, int]:
         drawn = draw_loss(ax, records)
@@ -111,9 +197,12 @@ def plot_loss_curve(records: list[dict[str, Any]], path: str | Path, title: str 
 
 
 def loss_plot(metrics: list[dict[str, Any]]) -> str | None:
-    """The report's loss plot (a data URI), or None when metrics.jsonl has no loss yet."""
+    """The report's loss plot (a data URI; with reward and length panels for a reinforcement run), or None when
+    metrics.jsonl has no loss yet."""
     if not any(loss_series(metrics).values()):
         return None
+    if has_rewards(metrics):
+        return png_uri(_png(lambda axes: _draw_rl(axes, metrics, "", False), (15, 4), grid=(1, 3))[0])
     return _render(lambda ax: draw_loss(ax, metrics, annotate=False))
 
 

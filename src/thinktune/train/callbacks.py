@@ -16,12 +16,16 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from thinktune.evals.grading import grade
+from thinktune.evals.records import CompletionRecord
 from thinktune.report.plots import plot_loss_curve
 from thinktune.utils import append_jsonl, read_jsonl
 
@@ -50,9 +54,11 @@ class MetricsWriter(TrainerCallback, ExportableState):
     trainer_state.json (``stateful_callbacks``); :func:`saved_supervised_tokens` reads it back on resume.
     """
 
-    def __init__(self, path: str, supervised_tokens: int = 0) -> None:
+    def __init__(self, path: str, supervised_tokens: int = 0, extra: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.supervised_tokens = supervised_tokens  # all processes, up to the last optimizer step
+        # Further Trainer log keys copied into train lines, as {log key: metrics.jsonl key} (GRPO's rewards...)
+        self.extra = dict(extra or {})
         self._local_pending = 0
         self._hook = None
         self._last_time: float | None = None
@@ -64,7 +70,8 @@ class MetricsWriter(TrainerCallback, ExportableState):
 
     def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
         labels = kwargs.get("labels")
-        if module.training and labels is not None:
+        # Only forwards that train: GRPO's no-grad passes (old and reference log-probabilities) are not counted.
+        if module.training and labels is not None and torch.is_grad_enabled():
             # The loss predicts labels[t + 1] from position t: the first label of a row is never a target.
             self._local_pending += int((labels[..., 1:] != -100).sum())
 
@@ -111,6 +118,9 @@ class MetricsWriter(TrainerCallback, ExportableState):
                 "supervised_tokens": self.supervised_tokens,
                 "mean_token_accuracy": logs.get("mean_token_accuracy"),
             }
+            for key, name in self.extra.items():
+                if key in logs:
+                    record[name] = logs[key]
         else:  # the Trainer's end-of-training summary (runtime, average loss): summary.json has it
             return
         record["time"] = round(time.time(), 3)
@@ -227,6 +237,8 @@ class ProgressBar(TrainerCallback):
             return
         if "loss" in logs:
             self.postfix["loss"] = f"{logs['loss']:.4f}"
+        if isinstance(logs.get("reward"), (int, float)):
+            self.postfix["reward"] = f"{logs['reward']:.3f}"
         if "eval_loss" in logs:
             self.postfix["eval_loss"] = f"{logs['eval_loss']:.4f}"
         self.bar.set_postfix(self.postfix, refresh=False)
@@ -235,3 +247,141 @@ class ProgressBar(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+# ------------------------------------------------------------------------------------------ reinforcement stage
+
+
+class GenerationStats(TrainerCallback):
+    """Tokens sampled and seconds spent sampling, filled in by the GRPO rollout and added to each train log as
+    ``generation_tokens_per_s`` (before :class:`MetricsWriter` reads the log: list it first)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.seconds = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs:
+            return
+        (tokens,) = _all_reduce([float(self.tokens)], args.device)
+        (seconds,) = _all_reduce([self.seconds], args.device, op="max")  # the processes sample side by side
+        if seconds > 0:
+            logs["generation_tokens_per_s"] = round(tokens / seconds, 1)
+            logs["generation_s"] = round(seconds, 2)
+        self.tokens, self.seconds = 0, 0.0
+
+
+class RewardGuard(TrainerCallback):
+    """GRPO's guard-rails, from the rewards TRL logs (gathered over every process):
+
+    - every group's rewards identical for ``grpo.zero_spread_steps`` steps in a row: nothing is learned (the
+      advantages are all 0, so the parameters do not move); say so once, with the likely cause and the fix;
+    - more than ``grpo.clipped_warning`` of the completions cut at max_completion_length: say so once.
+
+    The warnings are kept in :attr:`warnings` for summary.json."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.warnings: list[str] = []
+        self._zero_steps = 0
+        self._last_step = 0
+        self._warned_zero = self._warned_clipped = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "frac_reward_zero_std" not in logs:
+            return
+        steps = max(1, state.global_step - self._last_step)
+        self._last_step = state.global_step
+        frac = logs.get("frac_reward_zero_std")
+        if isinstance(frac, (int, float)) and frac >= 1 - 1e-9:
+            self._zero_steps += steps
+        else:
+            self._zero_steps = 0
+        g = self.cfg.grpo
+        if self._zero_steps >= g.zero_spread_steps and not self._warned_zero:
+            self._warned_zero = True
+            self._warn(zero_spread_message(self.cfg, self._zero_steps, logs))
+        clipped = logs.get("completions/clipped_ratio")
+        if isinstance(clipped, (int, float)) and clipped > g.clipped_warning and not self._warned_clipped:
+            self._warned_clipped = True
+            self._warn(
+                f"step {state.global_step}: {clipped:.0%} of the completions were cut at "
+                f"grpo.max_completion_length={g.max_completion_length} (over grpo.clipped_warning="
+                f"{g.clipped_warning:g}): a cut completion has no answer, so it can earn neither the format nor "
+                "the correct reward. Raise grpo.max_completion_length, keep the length reward on "
+                "(grpo.rewards.length) so rambling costs, or start from an SFT run that closes its think block."
+            )
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+
+def zero_spread_message(cfg: Any, steps: int, logs: Mapping[str, Any]) -> str:
+    """Why no group had any reward spread, from the last logged rewards, and what to change."""
+    g = cfg.grpo
+    # correct and format are 0..1, length -1..0: the most a completion can earn is the positive weights' sum
+    best = sum(w for n, w in g.rewards.items() if w > 0 and n != "length")
+    mean = logs.get("reward")
+    head = (
+        f"no learning signal for {steps} steps: inside every group of grpo.num_generations={g.num_generations} "
+        "completions the rewards were identical, so every advantage is 0 and the parameters do not move."
+    )
+    if isinstance(mean, (int, float)) and mean >= best - 1e-6:
+        cause = (
+            "Every completion already earns every reward: the questions are too easy for this model. Use harder "
+            "questions, or stop: there is nothing left to learn from these."
+        )
+    elif isinstance(mean, (int, float)) and mean <= 1e-6:
+        cause = (
+            "Every completion scores nothing: it never closes its think block, names no option, or is never "
+            "right. Look at completions.jsonl; start from an SFT run that learned the format (thinktune grpo "
+            "RUN_DIR), raise grpo.max_completion_length if completions are cut, or use easier questions."
+        )
+    else:
+        cause = (
+            "Each question is answered the same way every time (all right or all wrong): the completions of a "
+            f"group are too alike. Raise grpo.temperature (now {g.temperature:g}) or grpo.num_generations, and "
+            "check that the rewards vary (a reward that is constant by construction gives no signal)."
+        )
+    return f"{head} {cause}"
+
+
+class CompletionsWriter(TrainerCallback):
+    """At each logging step, append up to ``grpo.log_completions`` of the last batch's completions, read and
+    rewarded (:class:`~thinktune.evals.records.CompletionRecord`), to completions.jsonl (main process)."""
+
+    def __init__(self, path: str | Path, scorer: Any, limit: int) -> None:
+        self.path, self.scorer, self.limit = Path(path), scorer, limit
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or not state.is_world_process_zero or self.limit <= 0:
+            return
+        scored = list(self.scorer.last)
+        if not scored:
+            return
+        stride = max(1, len(scored) // self.limit)
+        for s in scored[::stride][: self.limit]:
+            gen, q = s.generation, s.question
+            record = CompletionRecord(
+                step=state.global_step,
+                question=q.text,
+                completion=gen.text,
+                reasoning=gen.reasoning,
+                answer=gen.answer,
+                think_closed=gen.think_closed,
+                stopped=gen.stopped,
+                new_tokens=gen.new_tokens,
+                rewards=dict(s.rewards),
+                total=round(s.total, 6),
+                reference=q.reference,
+                reference_letter=q.answer,
+                predicted=grade(q, gen).letter,
+                row=q.row,
+            )
+            append_jsonl(self.path, record.to_dict())

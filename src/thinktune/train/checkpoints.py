@@ -64,13 +64,32 @@ def remove_incomplete_checkpoints(run: RunDir) -> list[Path]:
     return removed
 
 
-def save_adapter(trainer: Any, run: RunDir, *, main: bool) -> None:
-    """trainer.save_model into a temporary folder, then one rename to ``adapter/`` (main process)."""
+def save_adapter(trainer: Any, run: RunDir, *, main: bool, tokenizer: Any = None) -> None:
+    """trainer.save_model into a temporary folder, then one rename to ``adapter/`` (main process). Only the
+    policy adapter is kept: TRL's frozen KL/DPO reference copy (PEFT saves extra adapters into subfolders,
+    ``ref/``) never reaches ``adapter/`` or an export."""
     tmp = run.path / ".adapter.partial"
     if main and tmp.exists():
         shutil.rmtree(tmp)
     trainer.save_model(str(tmp))  # on every process: FSDP / ZeRO-3 gather the weights first
     if main:
+        if tokenizer is not None:  # the run's own tokenizer, where the trainer was handed an adjusted copy
+            tokenizer.save_pretrained(str(tmp))
+        for extra in policy_only(tmp):
+            log.info(
+                "adapter: left out the frozen reference adapter %r (only the trained policy is saved)", extra
+            )
         if run.adapter.exists():  # never reached by train (run folders are fresh), kept safe for reuse
             shutil.rmtree(run.adapter)
         os.replace(tmp, run.adapter)
+
+
+def policy_only(adapter_dir: Path) -> list[str]:
+    """Remove every adapter but the trained one (``default``, at the top of the folder) from a saved adapter
+    folder; returns the names removed."""
+    removed = []
+    for sub in sorted(p for p in Path(adapter_dir).iterdir() if p.is_dir()):
+        if (sub / "adapter_config.json").is_file():
+            shutil.rmtree(sub)
+            removed.append(sub.name)
+    return removed

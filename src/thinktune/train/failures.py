@@ -148,6 +148,15 @@ def oom_message(cfg: Config, e: BaseException) -> str:
         return f"{head} Lower train.per_device_train_batch_size or data.max_length; {cmd}."
 
 
+def resume_command(run: RunDir) -> str:
+    """The command that resumes this run: `train` for SFT, `grpo` or `dpo` for the reinforcement stage."""
+    try:
+        stage = run.read_summary().stage
+    except Exception:  # an unreadable summary must not hide the failure being explained
+        stage = None
+    return stage if stage in ("grpo", "dpo") else "train"
+
+
 def explain_failure(e: BaseException, cfg: Config, run: RunDir) -> tuple[str, TrainError | None]:
     """(summary.json status, the error to raise instead of `e` or None to re-raise `e`)."""
     if isinstance(e, KeyboardInterrupt):
@@ -162,7 +171,7 @@ def explain_failure(e: BaseException, cfg: Config, run: RunDir) -> tuple[str, Tr
         ckpt = latest_checkpoint(run)
         kept = (
             f"The last complete checkpoint {ckpt} is intact; free some space, then resume: "
-            f"thinktune train --resume {run.path}"
+            f"thinktune {resume_command(run)} --resume {run.path}"
             if ckpt
             else "No complete checkpoint had been written yet; free some space and start the run again."
         )

@@ -35,7 +35,7 @@ class ModelFacts:
     linear_names: list[str]  # leaf names of the linear layers LoRA can adapt (lm_head excluded)
 
 
-def preflight(cfg: Config) -> ModelFacts:
+def preflight(cfg: Config, stage: str = "sft") -> ModelFacts:
     """Refuse a request that cannot work, reading only the model's config (no weights): 4-bit or a bitsandbytes
     optimizer without CUDA/bitsandbytes, a speed option that is not installed, missing trackers, a max_length beyond the model's positions,
     target modules the model does not have."""
@@ -57,7 +57,7 @@ def preflight(cfg: Config) -> ModelFacts:
             problems.append(f"train.report_to: unknown tracker {name!r}; use none, {', '.join(TRACKERS)}.")
         elif not any(importlib.util.find_spec(mod) for mod in TRACKERS[name]):
             problems.append(f"train.report_to includes {name!r} but it is not installed: pip install {name}.")
-    if t.early_stopping_patience is not None and t.save_steps % t.eval_steps:
+    if stage == "sft" and t.early_stopping_patience is not None and t.save_steps % t.eval_steps:
         # Early stopping keeps the best adapter, so a checkpoint must exist at every evaluation.
         problems.append(
             f"train.early_stopping_patience needs train.save_steps ({t.save_steps}) to be a multiple of "
@@ -69,7 +69,16 @@ def preflight(cfg: Config) -> ModelFacts:
     config = _model_config(cfg)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     max_positions = getattr(text, "max_position_embeddings", None)
-    if isinstance(max_positions, int) and cfg.data.max_length > max_positions:
+    if stage != "sft":
+        # GRPO and DPO sample: the longest prompt they keep plus the longest completion must fit the positions.
+        section = cfg.grpo if stage == "grpo" else cfg.dpo
+        longest = section.max_prompt_length + section.max_completion_length
+        if isinstance(max_positions, int) and longest > max_positions:
+            problems.append(
+                f"{stage}.max_prompt_length + {stage}.max_completion_length = {longest} is larger than the "
+                f"{max_positions} positions {m.name_or_path!r} supports (max_position_embeddings); lower them."
+            )
+    elif isinstance(max_positions, int) and cfg.data.max_length > max_positions:
         problems.append(
             f"data.max_length={cfg.data.max_length} is larger than the {max_positions} positions "
             f"{m.name_or_path!r} supports (max_position_embeddings); set data.max_length={max_positions} or less "

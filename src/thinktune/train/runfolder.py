@@ -18,12 +18,13 @@ from thinktune.utils import atomic_write_text, create_run_dir, read_jsonl, slug,
 log = logging.getLogger(__name__)
 
 
-def new_run(cfg: Config, dist: Any) -> RunDir:
+def new_run(cfg: Config, dist: Any, stage: str = "sft") -> RunDir:
     """Create the run folder on the main process and tell the others its name."""
     from accelerate.utils import broadcast_object_list
 
     model_name = cfg.model.name_or_path.rstrip("/").split(":")[-1].split("/")[-1]
-    stem = f"{slug(Path(model_name).stem, 32)}-{slug(Path(cfg.data.source).stem, 24)}"
+    kind = "" if stage == "sft" else f"{stage}-"
+    stem = f"{slug(Path(model_name).stem, 32)}-{kind}{slug(Path(cfg.data.source).stem, 24)}"
     holder = [None]
     if dist.is_main_process:
         path = create_run_dir(cfg.train.output_dir, cfg.train.run_name, stem)
@@ -39,7 +40,9 @@ def write_config(run: RunDir, cfg: Config) -> None:
     atomic_write_text(run.config_file, dump_yaml(cfg))
 
 
-def reopen(cfg: Config, resume: str | Path, *, main: bool = True) -> tuple[RunDir, str]:
+def reopen(
+    cfg: Config, resume: str | Path, *, main: bool = True, command: str = "train"
+) -> tuple[RunDir, str]:
     run = RunDir.open(resume)
     saved = run.config().to_dict()
     given = cfg.to_dict()
@@ -53,7 +56,7 @@ def reopen(cfg: Config, resume: str | Path, *, main: bool = True) -> tuple[RunDi
         raise TrainError(
             f"--resume {run.path} continues that run exactly, but the configuration differs:\n  - "
             + "\n  - ".join(diff)
-            + f"\nResume without a config file (thinktune train --resume {run.path}), or start a new run."
+            + f"\nResume without a config file (thinktune {command} --resume {run.path}), or start a new run."
         )
     checkpoint = latest_checkpoint(run)
     if checkpoint is None:
@@ -68,20 +71,31 @@ def reopen(cfg: Config, resume: str | Path, *, main: bool = True) -> tuple[RunDi
 
 
 def _truncate_metrics(run: RunDir, step: int) -> None:
-    """Drop metrics logged after the checkpoint (a killed run may have logged steps it will now redo)."""
-    if not run.metrics.is_file():
-        return
-    records = list(read_jsonl(run.metrics))
-    kept = [r for r in records if r.get("step", 0) <= step]
-    if len(kept) != len(records):
-        log.info(
-            "metrics.jsonl: dropping %d records after step %d (redone now)", len(records) - len(kept), step
-        )
-        write_jsonl(run.metrics, kept)
+    """Drop metrics (and GRPO's sampled completions) logged after the checkpoint: a killed run may have logged
+    steps it will now redo."""
+    for path in (run.metrics, run.completions):
+        if not path.is_file():
+            continue
+        records = list(read_jsonl(path))
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if len(kept) != len(records):
+            log.info(
+                "%s: dropping %d records after step %d (redone now)",
+                path.name,
+                len(records) - len(kept),
+                step,
+            )
+            write_jsonl(path, kept)
 
 
 def finish(
-    run: RunDir, trainer: Any, *, started: float, signal_name: str | None, facts: dict[str, Any]
+    run: RunDir,
+    trainer: Any,
+    *,
+    started: float,
+    signal_name: str | None,
+    facts: dict[str, Any],
+    command: str = "train",
 ) -> None:
     """Write the final summary.json (main process) and say what happened: where the adapter is, or how to resume."""
     records = run.metrics_records()
@@ -116,14 +130,33 @@ def finish(
     if signal_name:
         last = latest_checkpoint(run)
         summary |= {"signal": signal_name, "checkpoint": str(last) if last else None}
-        summary["resume_hint"] = f"thinktune train --resume {run.path}"
+        summary["resume_hint"] = f"thinktune {command} --resume {run.path}"
         where = f"checkpoint saved in {last}. Resume with: {summary['resume_hint']}"
         log.warning("%s: stopped at step %d; %s", signal_name, state.global_step, where)
     else:
-        losses_msg = f"eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])}"
+        if summary.get("first_reward") is not None:
+            losses_msg = f"reward {fmt(summary['first_reward'])} -> {fmt(summary['final_reward'])}"
+        else:
+            losses_msg = f"eval loss {fmt(summary['initial_eval_loss'])} -> {fmt(summary['final_eval_loss'])}"
         log.info("done in %.0f s: %s; adapter in %s", session, losses_msg, run.adapter)
     run.update_summary(**summary)
 
 
 def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
+
+
+def reward_facts(records: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """summary.json's reward fields from metrics.jsonl: the total reward's first and final logged mean, and each
+    reward's."""
+
+    def first_last(key: str) -> tuple[float | None, float | None]:
+        xs = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        return (xs[0], xs[-1]) if xs else (None, None)
+
+    first, last = first_last("reward")
+    per = {}
+    for name in names:
+        a, b = first_last(f"reward_{name}")
+        per[name] = {"first": a, "final": b}
+    return {"first_reward": first, "final_reward": last, "rewards": per}

@@ -1,5 +1,6 @@
 """The SFT trainer, built from a config: TRL's SFTConfig and SFTTrainer, PEFT's LoraConfig, thinktune's callbacks
-and CPU fast path. With :mod:`thinktune.train.grpo` and :mod:`thinktune.train.dpo`, the only code that talks to TRL.
+and CPU fast path. With :mod:`thinktune.train.grpo` and :mod:`thinktune.train.dpo` (which build TRL's
+GRPOTrainer and DPOTrainer), the only code that talks to TRL.
 
 Decisions made here and nowhere else: whether gradient checkpointing is on (``auto``: only when the memory plan
 says the run does not fit without it), which LoRA modules ``lora.top_layers`` names, and which fast-path kernels
@@ -34,7 +35,7 @@ from thinktune.train.failures import NonFiniteGuard
 log = logging.getLogger(__name__)
 
 
-def use_gradient_checkpointing(cfg: Any, device: str) -> bool:
+def use_gradient_checkpointing(cfg: Any, device: str, stage: str = "sft") -> bool:
     """train.gradient_checkpointing resolved: ``auto`` is off on CPU and, on a GPU, on only when the memory plan
     says the run would not fit in the detected GPU's memory without it (recomputation costs about a third more
     compute)."""
@@ -47,7 +48,7 @@ def use_gradient_checkpointing(cfg: Any, device: str) -> bool:
 
     without = copy.deepcopy(cfg)
     without.train.gradient_checkpointing = "off"
-    fits, est, _ = check_fits(without)
+    fits, est, _ = check_fits(without, stage=stage)
     if est is None:  # no GPU or no model plan: keep the memory-safe choice
         return True
     log.info(
@@ -238,13 +239,14 @@ def build_trainer(
     return trainer, cbs
 
 
-def fast_path(cfg: Config, model: Any, device: str) -> None:
-    """thinktune's kernels on the PEFT model SFTTrainer built (see thinktune.models.fastpath): the one-pass LM-head loss
-    where train.loss_head picks it, shared LoRA dropout masks, and one-node LoRA projections (train.lora_kernel)."""
+def fast_path(cfg: Config, model: Any, device: str, *, temperature: float = 1.0) -> None:
+    """thinktune's kernels on the PEFT model a trainer built (see thinktune.models.fastpath): the one-pass LM-head
+    log-probabilities where train.loss_head picks it (at `temperature`, GRPO's sampling temperature), shared LoRA
+    dropout masks, and one-node LoRA projections (train.lora_kernel)."""
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if use_onepass_head(cfg.train.loss_head, device):
-        if install_onepass_head(base):
+        if install_onepass_head(base, temperature):
             log.info("loss: one-pass LM head over the supervised positions (train.loss_head)")
         elif cfg.train.loss_head == "onepass":
             log.warning(

@@ -24,11 +24,14 @@ TILE = 512  # tokens per projection tile: 512 x 49k fp32 is 100 MB transient, fa
 
 
 class OnePassLogProb(torch.autograd.Function):
-    """Per-token ``log p(target)`` under ``hidden @ weight.T``, its entropy and whether it is the argmax; the
-    gradient with respect to ``hidden`` is computed in the forward (``weight`` must not need a gradient)."""
+    """Per-token ``log p(target)`` under ``hidden @ weight.T / temperature``, its entropy and whether it is the
+    argmax; the gradient with respect to ``hidden`` is computed in the forward (``weight`` must not need a
+    gradient). GRPO scores completions at its sampling temperature, as TRL's head does."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> Any:
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+    ) -> Any:
         ctx.set_materialize_grads(False)
         n = hidden.shape[0]
         # grad mode is off inside forward; needs_input_grad says whether it was on outside
@@ -45,6 +48,8 @@ class OnePassLogProb(torch.autograd.Function):
             e = min(s + TILE, n)
             t = targets[s:e, None]
             z = (hidden[s:e] @ w.t()).to(acc)
+            if temperature != 1.0:
+                z.div_(temperature)
             # Few passes over the tile (they, not the matmuls, dominate a small model's big-vocabulary head):
             # max with its index (the first of tied maxima, like TRL's is_top1), exp, sum, normalise, one dot.
             peak, top = z.max(-1, keepdim=True)
@@ -60,6 +65,8 @@ class OnePassLogProb(torch.autograd.Function):
             if grad_hidden is not None:
                 # d log p_target / dz = onehot(target) - p
                 p.neg_().scatter_add_(-1, t, torch.ones_like(t, dtype=p.dtype))
+                if temperature != 1.0:
+                    p.div_(temperature)  # d z / d hidden = W / temperature
                 torch.mm(p.to(w.dtype), w, out=grad_hidden[s:e])
         ctx.save_for_backward(grad_hidden)
         ctx.mark_non_differentiable(entropy, top1)
@@ -69,8 +76,8 @@ class OnePassLogProb(torch.autograd.Function):
     def backward(ctx: Any, grad_logp: torch.Tensor | None, *_: Any) -> Any:
         (grad_hidden,) = ctx.saved_tensors
         if grad_logp is None or grad_hidden is None:
-            return None, None, None
-        return grad_hidden * grad_logp.to(grad_hidden.dtype)[:, None], None, None
+            return None, None, None, None
+        return grad_hidden * grad_logp.to(grad_hidden.dtype)[:, None], None, None, None
 
 
 def _plain_head(model: Any) -> bool:
@@ -103,12 +110,13 @@ def use_onepass_head(choice: str, device: str) -> bool:
     return choice == "onepass"
 
 
-def install_onepass_head(model: Any) -> bool:
+def install_onepass_head(model: Any, temperature: float = 1.0) -> bool:
     """Route the trainer's ``fused_lm_head=True`` calls (TRL's loss path) through :class:`OnePassLogProb`.
 
-    ``model`` is the causal LM whose ``forward`` TRL's SFTTrainer already patched (the PEFT model's base model).
-    Calls the one-pass head cannot serve exactly (a trained or non-plain head) go to TRL's head. Returns whether
-    it was installed."""
+    ``model`` is the causal LM whose ``forward`` TRL's SFTTrainer (or GRPOTrainer, DPOTrainer) already patched
+    (the PEFT model's base model); `temperature` is the one TRL's head divides the logits by (GRPO's sampling
+    temperature). Calls the one-pass head cannot serve exactly (a trained or non-plain head) go to TRL's head.
+    Returns whether it was installed."""
     from trl.trainer.utils import FusedCausalLMOutput
 
     if not _plain_head(model) or not isinstance(getattr(model, "forward", None), types.MethodType):
@@ -143,7 +151,7 @@ def install_onepass_head(model: Any) -> bool:
             labels = shift_labels
         hidden, labels = hidden.to(head.weight.device), labels.to(head.weight.device)
         mask = labels != -100
-        logp, entropy, top1 = OnePassLogProb.apply(hidden[mask], head.weight, labels[mask])
+        logp, entropy, top1 = OnePassLogProb.apply(hidden[mask], head.weight, labels[mask], temperature)
         # masked_scatter keeps the loss connected to the model when a micro-batch has no supervised token
         log_probs = logp.new_zeros(mask.shape).masked_scatter(mask, logp)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
