@@ -374,3 +374,45 @@ def test_split_count_max_examples_and_no_validation():
     assert val == [Example("Q0", "R0", "A0")]
     with pytest.raises(DataError, match="leaves no training examples"):
         split_examples(_examples(5), val_size=5, seed=1)
+
+
+def test_the_sample_keeps_the_real_data_shape(qwen3_tokenizer):
+    """The bundled sample stands for medical-o1-reasoning-SFT: lengths (Qwen2 tokens) within bands around the real
+    data's (median reasoning 475, answer 122, question 38; src/thinktune/data/sample/README.md), no row below the
+    floors, several paragraphs of reasoning, both languages, and no single opening formula."""
+    from collections import Counter
+
+    rows = load_examples("sample").examples
+
+    def tokens(text: str) -> int:
+        return len(qwen3_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def quantile(values: list[int], q: float) -> int:
+        s = sorted(values)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    spans = {
+        "question": [tokens(e.question) for e in rows],
+        "reasoning": [tokens(e.reasoning) for e in rows],
+        "answer": [tokens(e.answer) for e in rows],
+    }
+    bands = {  # (p10 at least, median range, p90 at most); the real data: 20/38/79, 388/475/603, 70/122/241
+        "question": (12, (28, 55), 110),
+        "reasoning": (340, (420, 540), 680),
+        "answer": (50, (95, 160), 280),
+    }
+    for span, (p10_min, (mid_lo, mid_hi), p90_max) in bands.items():
+        values = spans[span]
+        assert quantile(values, 0.1) >= p10_min, span
+        assert mid_lo <= quantile(values, 0.5) <= mid_hi, span
+        assert quantile(values, 0.9) <= p90_max, span
+    assert min(spans["reasoning"]) >= 300 and min(spans["answer"]) >= 20  # floors: no toy rows
+    assert all(e.reasoning.count("\n\n") >= 3 for e in rows)  # several paragraphs, not one
+    english = [e for e in rows if e.question.isascii()]
+    chinese = [e for e in rows if not e.question.isascii()]
+    assert len(english) >= 60 and len(chinese) >= 15
+    # the real data's voice (most rows open "Alright, ..." or "Okay, ..."), but no one formula: no three-word
+    # opening on more than 15% of the rows (the real data's most common one is on 14%)
+    openings = Counter(" ".join(e.reasoning.split()[:3]) for e in english)
+    assert openings.most_common(1)[0][1] <= 0.15 * len(english)
+    assert sum(e.reasoning.startswith(("Alright,", "Okay,")) for e in english) >= 0.6 * len(english)

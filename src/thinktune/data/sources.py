@@ -219,7 +219,7 @@ _CJK = re.compile("[\u3400-\u9fff]")
 
 
 def _read_sample(source: str) -> tuple[str, Iterator[RowItem]]:
-    """The bundled data: ``sample`` (all 166 rows), ``sample:en`` (the 144 English rows) or ``sample:zh`` (the 22
+    """The bundled data: ``sample`` (all 103 rows), ``sample:en`` (the 83 English rows) or ``sample:zh`` (the 20
     Chinese ones, told apart by their CJK characters); row numbers stay those of the file."""
     path = SAMPLE_PATH
     language = source.partition(":")[2]
