@@ -205,6 +205,28 @@ def test_onepass_head_defers_to_trl_where_it_would_not_be_exact(tmp_path, tiny_q
     assert trl_out.loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
 
 
+def test_onepass_head_outputs_match_trls_at_a_temperature(tmp_path, tiny_qwen2_dir):
+    # every output TRL's trainers read (DPO logs the vocabulary-mean logit; GRPO scores at its temperature)
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    cfg = quick_config(tmp_path, tiny_qwen2_dir)
+    model = load_model(cfg.model, device="cpu", precision=FP32, attention="sdpa")
+    model.get_output_embeddings().weight.requires_grad_(False)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"), temperature=0.7)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    labels = torch.tensor([[-100, -100, 7, 8, 9, 10], [-100, 12, 13, 14, -100, -100]])
+    ref = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    assert loss_head.install_onepass_head(model, temperature=0.7)
+    out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    mask = ref.label_mask
+    for key in ("log_probs", "entropy", "mean_logits"):
+        got, want = getattr(out, key), getattr(ref, key)
+        assert got is not None, key
+        assert torch.allclose(got[mask], want[mask], rtol=1e-4, atol=1e-5), key
+    assert torch.equal(out.is_top1[mask], ref.is_top1[mask])
+
+
 def test_loss_head_auto_is_onepass_off_triton_devices():
     assert loss_head.use_onepass_head("auto", "cpu")
     assert not loss_head.use_onepass_head("auto", "cuda:0")

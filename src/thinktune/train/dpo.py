@@ -42,7 +42,7 @@ from thinktune.train.failures import NonFiniteGuard
 from thinktune.train.preflight import preflight
 from thinktune.train.rewards import correct_reward, format_reward
 from thinktune.train.trainer import fast_path, quiet_renames, use_gradient_checkpointing
-from thinktune.utils import environment_info, read_jsonl, seed_everything, write_json, write_jsonl
+from thinktune.utils import read_jsonl, seed_everything, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def dpo(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     main = dist.is_main_process
 
     # 0. Refuse what cannot work before loading anything heavy.
-    checkpoint = None
+    run, checkpoint = None, None
     if resume is not None:
         run, checkpoint = runfolder.reopen(cfg, resume, main=main, command="dpo")
     start = rl.starting_point(cfg.dpo.init_from, "dpo.init_from")
@@ -83,32 +83,21 @@ def dpo(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     # folder exists).
     tok = rl.stage_tokenizer(cfg, start)
     fmt = Formatter.from_config(tok, cfg.data)
-    if checkpoint is None:
-        problems = rl.prepare_problems(cfg, fmt, max_prompt_length=cfg.dpo.max_prompt_length, stage="dpo")
-        run = runfolder.new_run(cfg, dist, stage="dpo")
-        if main:
-            rl.write_problems(run, problems)
-        problems = rl.as_trained(problems)
-    else:
-        problems = rl.saved_problems(run)
+    run, problems = rl.stage_problems(cfg, fmt, dist, stage="dpo", run=run, checkpoint=checkpoint)
     seed_everything(cfg.train.seed)
     if main:
         log.info("run folder: %s", run.path)
         log.info("resolved config:\n%s", dump_yaml(cfg))
-        if checkpoint is None:
-            env = environment_info() | {
-                "device": device,
-                "precision": precision.label,
-                "dtype": precision.dtype,
-                "attn_implementation": attention,
-                "gradient_checkpointing": checkpointing,
-                "world_size": dist.num_processes,
-                "max_position_embeddings": model_facts.max_positions,
-            }
-            write_json(run.env_file, env)
-        origin = start.run.path if start.run is not None else start.adapter
-        run.update_summary(
-            status="running", stage="dpo", resumed_from=checkpoint, init_from=str(origin) if origin else None
+        runtime = runfolder.runtime(
+            device=device,
+            precision=precision,
+            attention=attention,
+            checkpointing=checkpointing,
+            dist=dist,
+            facts=model_facts,
+        )
+        runfolder.mark_running(
+            run, checkpoint=checkpoint, runtime=runtime, stage="dpo", init_from=start.origin
         )
 
     # 3. The policy (the SFT adapter, trainable).
@@ -153,30 +142,14 @@ def dpo(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
             "DPO from %s: %d pairs from %d of %d questions (%d answers sampled each)",
             start.label, len(pairs), stats["questions_with_pair"], len(problems.train), cfg.dpo.samples,
         )  # fmt: skip
-    try:
-        with quiet_renames():
-            trainer.train(resume_from_checkpoint=checkpoint)
-    except BaseException as e:
-        status, explained = failures.explain_failure(e, cfg, run)
-        if main:
-            error = explained or e
-            run.update_summary(status=status, error=f"{type(error).__name__}: {error}")
-        if explained is not None:
-            raise explained from None
-        raise
+    with failures.recorded(cfg, run, main=main), quiet_renames():
+        trainer.train(resume_from_checkpoint=checkpoint)
 
     # 6. Save the policy adapter (never the frozen reference) with the run's own tokenizer; summary.json.
     signal_name = cbs["stop"].signal_name
     if signal_name is None:
-        try:
+        with failures.recorded(cfg, run, main=main):
             save_adapter(trainer, run, main=main, tokenizer=tok)
-        except BaseException as e:
-            status, explained = failures.explain_failure(e, cfg, run)
-            if main:
-                run.update_summary(status=status, error=str(explained or e))
-            if explained is not None:
-                raise explained from None
-            raise
     if main:
         facts: dict[str, Any] = {
             "precision": precision.label,

@@ -3,7 +3,7 @@
 - :class:`NonFiniteGuard` (a TrainerCallback) checks the gradients before every optimizer step; a NaN or
   infinite value stops training *before* the weights are updated, naming the step and the likely causes
   (learning rate too high; fp16 overflow of a model trained in bf16). The last checkpoint is untouched.
-- :func:`explain_failure` turns what the Trainer raised into a :class:`~thinktune.errors.ThinktuneError` and the
+- :func:`explain_failure` (and :func:`recorded`, the block it guards) turns what the Trainer raised into a :class:`~thinktune.errors.ThinktuneError` and the
   ``summary.json`` status: GPU out of memory (with the ``thinktune plan`` recommendation for the detected card),
   disk full during a save (the previous checkpoint is intact; incomplete ones are removed), non-finite values.
 
@@ -16,6 +16,8 @@ import errno
 import logging
 import math
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
@@ -180,6 +182,22 @@ def explain_failure(e: BaseException, cfg: Config, run: RunDir) -> tuple[str, Tr
             "(Each checkpoint holds the adapter and optimizer state; train.save_total_limit bounds how many are kept.)"
         )
     return "failed", None
+
+
+@contextmanager
+def recorded(cfg: Config, run: RunDir, *, main: bool) -> Iterator[None]:
+    """Run the block (training, saving the adapter); if it raises, summary.json gets the status and the error,
+    and the error is replaced by the one that says what to do where :func:`explain_failure` knows it."""
+    try:
+        yield
+    except BaseException as e:
+        status, explained = explain_failure(e, cfg, run)
+        if main:
+            error = explained or e
+            run.update_summary(status=status, error=f"{type(error).__name__}: {error}")
+        if explained is not None:
+            raise explained from None
+        raise
 
 
 # ------------------------------------------------------------------------------------------ adapter

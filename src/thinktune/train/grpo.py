@@ -59,7 +59,7 @@ from thinktune.train.failures import NonFiniteGuard
 from thinktune.train.preflight import preflight
 from thinktune.train.rewards import RewardScorer, Verifier
 from thinktune.train.trainer import fast_path, quiet_renames, use_gradient_checkpointing
-from thinktune.utils import environment_info, seed_everything, write_json
+from thinktune.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def grpo(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
 
     # 0. Refuse what cannot work before loading anything heavy: the starting point, the generation backend,
     # the settings the model's config.json contradicts, the memory plan against the detected GPU.
-    checkpoint = None
+    run, checkpoint = None, None
     if resume is not None:
         run, checkpoint = runfolder.reopen(cfg, resume, main=main, command="grpo")
     start = rl.starting_point(cfg.grpo.init_from, "grpo.init_from")
@@ -125,33 +125,21 @@ def grpo(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
 
     # 2. Problems: loaded, checked for overlap with eval.benchmarks, split, prompts measured (before any run folder
     # exists, so a refusal leaves nothing behind); a resumed run reads back its own.
-    if checkpoint is None:
-        problems = rl.prepare_problems(cfg, fmt, max_prompt_length=cfg.grpo.max_prompt_length, stage="grpo")
-        run = runfolder.new_run(cfg, dist, stage="grpo")
-        if main:
-            rl.write_problems(run, problems)
-        problems = rl.as_trained(problems)
-    else:
-        problems = rl.saved_problems(run)
+    run, problems = rl.stage_problems(cfg, fmt, dist, stage="grpo", run=run, checkpoint=checkpoint)
     seed_everything(cfg.train.seed)
     if main:
         log.info("run folder: %s", run.path)
         log.info("resolved config:\n%s", dump_yaml(cfg))
-        if checkpoint is None:
-            env = environment_info() | {
-                "device": device,
-                "precision": precision.label,
-                "dtype": precision.dtype,
-                "attn_implementation": attention,
-                "gradient_checkpointing": checkpointing,
-                "world_size": dist.num_processes,
-                "max_position_embeddings": model_facts.max_positions,
-                "generation_backend": backend,
-            }
-            write_json(run.env_file, env)
-        origin = start.run.path if start.run is not None else start.adapter
-        run.update_summary(
-            status="running", stage="grpo", resumed_from=checkpoint, init_from=str(origin) if origin else None
+        runtime = runfolder.runtime(
+            device=device,
+            precision=precision,
+            attention=attention,
+            checkpointing=checkpointing,
+            dist=dist,
+            facts=model_facts,
+        ) | {"generation_backend": backend}
+        runfolder.mark_running(
+            run, checkpoint=checkpoint, runtime=runtime, stage="grpo", init_from=start.origin
         )
 
     # 3. The policy: the SFT adapter, trainable, on the base as SFT loaded it (or a fresh LoRA).
@@ -180,30 +168,14 @@ def grpo(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
         )  # fmt: skip
 
     # 5. Train.
-    try:
-        with quiet_renames():
-            trainer.train(resume_from_checkpoint=checkpoint)
-    except BaseException as e:
-        status, explained = failures.explain_failure(e, cfg, run)
-        if main:
-            error = explained or e
-            run.update_summary(status=status, error=f"{type(error).__name__}: {error}")
-        if explained is not None:
-            raise explained from None
-        raise
+    with failures.recorded(cfg, run, main=main), quiet_renames():
+        trainer.train(resume_from_checkpoint=checkpoint)
 
     # 6. Save the policy adapter (never the frozen reference) with the tokenizer; then summary.json.
     signal_name = cbs["stop"].signal_name
     if signal_name is None:
-        try:
+        with failures.recorded(cfg, run, main=main):
             save_adapter(trainer, run, main=main)
-        except BaseException as e:
-            status, explained = failures.explain_failure(e, cfg, run)
-            if main:
-                run.update_summary(status=status, error=str(explained or e))
-            if explained is not None:
-                raise explained from None
-            raise
     if main:
         facts: dict[str, Any] = {
             "precision": precision.label,

@@ -46,7 +46,7 @@ from thinktune.train import failures, runfolder
 from thinktune.train.checkpoints import save_adapter
 from thinktune.train.preflight import preflight
 from thinktune.train.trainer import build_trainer, quiet_renames, use_gradient_checkpointing
-from thinktune.utils import environment_info, seed_everything, write_json
+from thinktune.utils import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +97,15 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
     if not train_enc:
         raise TrainError(f"no training examples left after the length policy; see {run.data_report}")
     if main:
-        if checkpoint is None:
-            env = environment_info() | {
-                "device": device,
-                "precision": precision.label,
-                "dtype": precision.dtype,
-                "attn_implementation": attention,
-                "gradient_checkpointing": checkpointing,
-                "world_size": dist.num_processes,
-                "max_position_embeddings": model_facts.max_positions,
-            }
-            write_json(run.env_file, env)
-        run.update_summary(status="running", stage="sft", resumed_from=checkpoint)
+        runtime = runfolder.runtime(
+            device=device,
+            precision=precision,
+            attention=attention,
+            checkpointing=checkpointing,
+            dist=dist,
+            facts=model_facts,
+        )
+        runfolder.mark_running(run, checkpoint=checkpoint, runtime=runtime, stage="sft")
 
     # 3. Model (a 4-bit NF4 base for QLoRA, frozen and prepared before LoRA) and LoRA (PEFT's LoraConfig,
     # field for field from cfg.lora).
@@ -144,37 +141,23 @@ def train(cfg: Config, *, resume: str | Path | None = None) -> RunDir:
         log.info("%d training examples, %d held out", len(train_enc), len(val_enc))
 
     # 5. Train (evaluating first, so the curve starts at the base model's held-out loss).
-    try:
-        with quiet_renames():
-            trainer.train(resume_from_checkpoint=checkpoint)
+    # Out of memory, disk full, NaN: recorded, and a ThinktuneError saying what to do instead of a traceback.
+    with failures.recorded(cfg, run, main=main), quiet_renames():
+        trainer.train(resume_from_checkpoint=checkpoint)
         if (
             val_enc
             and not cbs["stop"].stopped
             and not _evaluated_at(trainer.state, trainer.state.global_step)
         ):
             trainer.evaluate()  # the final held-out loss, when the last step was not an evaluation step
-    except BaseException as e:
-        # Out of memory, disk full, NaN: a ThinktuneError saying what to do instead of a traceback.
-        status, explained = failures.explain_failure(e, cfg, run)
-        if main:
-            error = explained or e
-            run.update_summary(status=status, error=f"{type(error).__name__}: {error}")
-        if explained is not None:
-            raise explained from None
-        raise
 
     # 6. Save the adapter with the tokenizer and its exact chat template beside it; then summary.json.
     signal_name = cbs["stop"].signal_name
     if signal_name is None:
-        try:  # written beside adapter/ and renamed into place: never half an adapter
+        # Written beside adapter/ and renamed into place: never half an adapter. A full disk (OSError, or
+        # safetensors' own error) or an interruption is recorded and explained.
+        with failures.recorded(cfg, run, main=main):
             save_adapter(trainer, run, main=main)
-        except BaseException as e:  # a full disk (OSError, or safetensors' own error) or an interruption
-            status, explained = failures.explain_failure(e, cfg, run)
-            if main:
-                run.update_summary(status=status, error=str(explained or e))
-            if explained is not None:
-                raise explained from None
-            raise
     if main:
         facts = {"precision": precision.label, "device": device, "world_size": dist.num_processes}
         facts |= {"train_examples": len(train_enc), "validation_examples": len(val_enc)}

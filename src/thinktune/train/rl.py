@@ -31,6 +31,7 @@ from thinktune.formatting.formatter import Formatter
 from thinktune.models.loading import load_adapter, load_model, load_tokenizer
 from thinktune.models.qlora import prepare_kbit_model, quantization_config
 from thinktune.rundir import RunDir, save_examples
+from thinktune.train import runfolder
 from thinktune.train.trainer import lora_config, num_blocks
 from thinktune.utils import quantiles, write_json
 
@@ -46,6 +47,12 @@ class Start:
 
     adapter: Path | None = None
     run: RunDir | None = None
+
+    @property
+    def origin(self) -> str | None:
+        """What summary.json records as ``init_from``: the SFT run folder, else the adapter folder."""
+        where = self.run.path if self.run is not None else self.adapter
+        return str(where) if where else None
 
     @property
     def label(self) -> str:
@@ -182,6 +189,22 @@ def prepare_problems(cfg: Config, fmt: Formatter, *, max_prompt_length: int, sta
         "overlap": overlap,
     }
     return Problems(kept["train"], kept["validation"], report)
+
+
+def stage_problems(
+    cfg: Config, fmt: Formatter, dist: Any, *, stage: str, run: RunDir | None, checkpoint: str | None
+) -> tuple[RunDir, Problems]:
+    """A fresh run: the problems prepared (refusals before the run folder exists), then the run folder with them
+    written in; a resumed one (`run`, `checkpoint`): its own questions read back. Either way the questions are
+    exactly those a resumed run would read."""
+    if checkpoint is not None and run is not None:
+        return run, saved_problems(run)
+    limit = getattr(cfg, stage).max_prompt_length
+    problems = prepare_problems(cfg, fmt, max_prompt_length=limit, stage=stage)
+    run = runfolder.new_run(cfg, dist, stage=stage)
+    if dist.is_main_process:
+        write_problems(run, problems)
+    return run, as_trained(problems)
 
 
 def write_problems(run: RunDir, problems: Problems) -> None:

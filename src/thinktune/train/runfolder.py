@@ -13,7 +13,15 @@ from thinktune.configfile import dump_yaml
 from thinktune.errors import TrainError
 from thinktune.rundir import RunDir
 from thinktune.train.checkpoints import checkpoint_step, latest_checkpoint, remove_incomplete_checkpoints
-from thinktune.utils import atomic_write_text, create_run_dir, read_jsonl, slug, write_jsonl
+from thinktune.utils import (
+    atomic_write_text,
+    create_run_dir,
+    environment_info,
+    read_jsonl,
+    slug,
+    write_json,
+    write_jsonl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +41,30 @@ def new_run(cfg: Config, dist: Any, stage: str = "sft") -> RunDir:
     if dist.num_processes > 1:
         broadcast_object_list(holder)
     return RunDir(Path(holder[0]))
+
+
+def mark_running(run: RunDir, *, checkpoint: str | None, runtime: dict[str, Any], **summary: Any) -> None:
+    """env.json for a fresh run (this machine's versions and the runtime choices made for it: device, precision,
+    attention, checkpointing, processes, ...; a resumed run keeps the one it started with), and summary.json's
+    status "running". Main process only."""
+    if checkpoint is None:
+        write_json(run.env_file, environment_info() | runtime)
+    run.update_summary(status="running", resumed_from=checkpoint, **summary)
+
+
+def runtime(
+    *, device: str, precision: Any, attention: str, checkpointing: bool, dist: Any, facts: Any
+) -> dict[str, Any]:
+    """The runtime choices recorded in env.json (`facts`: the preflight's reading of the model's config.json)."""
+    return {
+        "device": device,
+        "precision": precision.label,
+        "dtype": precision.dtype,
+        "attn_implementation": attention,
+        "gradient_checkpointing": checkpointing,
+        "world_size": dist.num_processes,
+        "max_position_embeddings": facts.max_positions,
+    }
 
 
 def write_config(run: RunDir, cfg: Config) -> None:

@@ -155,10 +155,13 @@ def install_onepass_head(model: Any, temperature: float = 1.0) -> bool:
         # masked_scatter keeps the loss connected to the model when a micro-batch has no supervised token
         log_probs = logp.new_zeros(mask.shape).masked_scatter(mask, logp)
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        with torch.no_grad():  # the vocabulary-mean logit (DPO logs it): h . mean(W) / T, no logits needed
+            mean = hidden[mask].float() @ head.weight.float().mean(0) / temperature
         return FusedCausalLMOutput(
             loss=-log_probs.sum() / count,
             log_probs=log_probs,
             entropy=entropy.new_zeros(mask.shape).masked_scatter(mask, entropy),
+            mean_logits=mean.new_zeros(mask.shape).masked_scatter(mask, mean),
             is_top1=top1.new_zeros(mask.shape).masked_scatter(mask, top1),
             label_mask=mask,
         )
