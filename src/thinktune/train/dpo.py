@@ -41,7 +41,7 @@ from thinktune.train.checkpoints import save_adapter
 from thinktune.train.failures import NonFiniteGuard
 from thinktune.train.preflight import preflight
 from thinktune.train.rewards import correct_reward, format_reward
-from thinktune.train.trainer import fast_path, quiet_renames, use_gradient_checkpointing
+from thinktune.train.trainer import fast_path, quiet_renames, training_args, use_gradient_checkpointing
 from thinktune.utils import read_jsonl, seed_everything, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -297,38 +297,17 @@ def dpo_tokenizer(tok: Any, eot: str) -> Any:
 def dpo_config(cfg: Config, run: RunDir, *, device: str, precision: Precision, checkpointing: bool) -> Any:
     from trl import DPOConfig
 
-    t, d = cfg.train, cfg.dpo
-    on_gpu = device.startswith("cuda")
+    d = cfg.dpo
     return DPOConfig(
-        output_dir=str(run.checkpoints),
-        seed=t.seed,
-        data_seed=t.seed,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=d.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        bf16=precision.autocast == "bf16",
-        fp16=precision.autocast == "fp16",
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
+        **training_args(
+            cfg,
+            run,
+            device=device,
+            precision=precision,
+            checkpointing=checkpointing,
+            learning_rate=d.learning_rate,
+        ),
         eval_strategy="no",
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        report_to=t.report_to,
-        disable_tqdm=False,
-        ddp_find_unused_parameters=False,
-        use_cpu=not on_gpu,
-        dataloader_pin_memory=on_gpu,
-        save_only_model=False,
         # DPO
         beta=d.beta,
         loss_type=[d.loss_type],

@@ -126,43 +126,18 @@ def sft_config(
     from trl import SFTConfig
 
     t = cfg.train
-    on_gpu = device.startswith("cuda")
     if checkpointing is None:
         checkpointing = use_gradient_checkpointing(cfg, device)
     early = t.early_stopping_patience is not None and has_eval
     return SFTConfig(
-        output_dir=str(run.checkpoints),
-        seed=t.seed,
-        data_seed=t.seed,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
+        **training_args(cfg, run, device=device, precision=precision, checkpointing=checkpointing),
         per_device_eval_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the total steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        # bf16 autocast where supported; fp16 autocast keeps the LoRA weights in fp32 (PEFT upcasts them), so
-        # the gradient scaler never meets fp16 gradients; CPU trains in plain fp32.
-        bf16=precision.autocast == "bf16",
-        fp16=precision.autocast == "fp16",
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps,
         eval_on_start=has_eval and not resuming,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
-        report_to=t.report_to,
         include_num_input_tokens_seen="all",
         # The data is already rendered, tokenized and within max_length (the length policy ran first):
         completion_only_loss=True,
@@ -172,6 +147,49 @@ def sft_config(
         torch_compile=t.torch_compile,
         max_length=None,
         dataset_num_proc=None,
+    )
+
+
+def training_args(
+    cfg: Config,
+    run: RunDir,
+    *,
+    device: str,
+    precision: Precision,
+    checkpointing: bool,
+    learning_rate: float | None = None,
+    max_grad_norm: float | None = None,
+) -> dict[str, Any]:
+    """The arguments SFT, GRPO and DPO give TRL alike: train.* for the loop, precision, checkpointing, logging,
+    saving, the device. `learning_rate` and `max_grad_norm`: a stage's own (grpo.*, dpo.*) instead of train.*."""
+    t = cfg.train
+    on_gpu = device.startswith("cuda")
+    return dict(
+        output_dir=str(run.checkpoints),
+        seed=t.seed,
+        data_seed=t.seed,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate if learning_rate is None else learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a value below 1 is a fraction of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm if max_grad_norm is None else max_grad_norm,
+        optim=t.optim,
+        # bf16 autocast where supported; fp16 autocast keeps the LoRA weights in fp32 (PEFT upcasts them), so
+        # the gradient scaler never meets fp16 gradients; CPU trains in plain fp32.
+        bf16=precision.autocast == "bf16",
+        fp16=precision.autocast == "fp16",
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        report_to=t.report_to,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
         use_cpu=not on_gpu,
