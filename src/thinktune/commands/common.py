@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def add_settings(p: argparse.ArgumentParser) -> None:
         metavar="CONFIG.yaml | RECIPE | section.key=value",
         help="a config file or a recipe name (`thinktune recipes`), then dotted overrides",
     )
+
+
+def finished_run(run) -> int:
+    """What `train`, `grpo` and `dpo` print when the run ends, and their exit code: how to resume an interrupted
+    run (130 for Ctrl-C, 143 for SIGTERM), else where everything is and what to run next."""
+    from thinktune.utils import is_main_process
+
+    if not is_main_process():
+        return 0
+    summary = run.read_summary()
+    if summary.status == "interrupted":
+        print(
+            f"interrupted ({summary.signal}) at step {summary.steps}; checkpoint: "
+            f"{summary.checkpoint}\nresume with: {summary.resume_hint}",
+            file=sys.stderr,
+        )
+        return 143 if summary.signal == "SIGTERM" else 130
+    print(f"run folder: {run.path}")
+    print(f"adapter:    {run.adapter}")
+    print(f"loss curve: {run.loss_curve}")
+    print(
+        f"next:       thinktune eval {run.path}   |   thinktune compare {run.path}   |   thinktune report {run.path}"
+    )
+    return 0

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable
 
-from thinktune.commands.common import EPILOG_OVERRIDES, add_settings, add_verbose, split_target
+from thinktune.commands.common import EPILOG_OVERRIDES, add_settings, add_verbose, finished_run, split_target
 from thinktune.errors import UsageError
 
 log = logging.getLogger("thinktune")
@@ -50,28 +49,6 @@ def stage_config(args: argparse.Namespace, stage: str):
     return validate(cfg)
 
 
-def _finish(run) -> int:
-    from thinktune.utils import is_main_process
-
-    if not is_main_process():
-        return 0
-    summary = run.read_summary()
-    if summary.status == "interrupted":
-        print(
-            f"interrupted ({summary.signal}) at step {summary.steps}; checkpoint: "
-            f"{summary.checkpoint}\nresume with: {summary.resume_hint}",
-            file=sys.stderr,
-        )
-        return 143 if summary.signal == "SIGTERM" else 130
-    print(f"run folder: {run.path}")
-    print(f"adapter:    {run.adapter}")
-    print(f"curves:     {run.loss_curve}")
-    print(
-        f"next:       thinktune eval {run.path}   |   thinktune compare {run.path}   |   thinktune report {run.path}"
-    )
-    return 0
-
-
 # ------------------------------------------------------------------------------------------ grpo
 
 
@@ -103,8 +80,7 @@ def _run_grpo(args: argparse.Namespace) -> int:
     from thinktune.train.grpo import grpo
 
     cfg = stage_config(args, "grpo")
-    run = grpo(cfg, resume=args.resume)
-    return _finish(run)
+    return finished_run(grpo(cfg, resume=args.resume))
 
 
 # ------------------------------------------------------------------------------------------ dpo
@@ -134,5 +110,4 @@ def _run_dpo(args: argparse.Namespace) -> int:
     from thinktune.train.dpo import dpo
 
     cfg = stage_config(args, "dpo")
-    run = dpo(cfg, resume=args.resume)
-    return _finish(run)
+    return finished_run(dpo(cfg, resume=args.resume))

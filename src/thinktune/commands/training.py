@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
-from thinktune.commands.common import EPILOG_OVERRIDES, add_settings, add_verbose, load_cli_config
+from thinktune.commands.common import (
+    EPILOG_OVERRIDES,
+    add_settings,
+    add_verbose,
+    finished_run,
+    load_cli_config,
+)
 from thinktune.errors import UsageError
 
 # ------------------------------------------------------------------------------------------ train
@@ -42,7 +47,6 @@ def add_train(sub) -> Callable:
 def _run_train(args: argparse.Namespace) -> int:
     from thinktune.rundir import RunDir
     from thinktune.train.recipe import train
-    from thinktune.utils import is_main_process
 
     if args.resume:
         saved = RunDir.open(args.resume).config()
@@ -54,21 +58,7 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     else:
         cfg = load_cli_config(args, {})
-    run = train(cfg, resume=args.resume)
-    if not is_main_process():
-        return 0
-    summary = run.read_summary()
-    if summary.status == "interrupted":
-        print(
-            f"interrupted ({summary.signal}) at step {summary.steps}; checkpoint: "
-            f"{summary.checkpoint}\nresume with: {summary.resume_hint}",
-            file=sys.stderr,
-        )
-        return 143 if summary.signal == "SIGTERM" else 130
-    print(f"run folder: {run.path}")
-    print(f"adapter:    {run.adapter}")
-    print(f"loss curve: {run.loss_curve}")
-    return 0
+    return finished_run(train(cfg, resume=args.resume))
 
 
 # ------------------------------------------------------------------------------------------ demo
