@@ -491,3 +491,15 @@ def test_form_overrides_keep_only_changes():
     ) == ["data.max_length=1024"]
     with pytest.raises(ConfigError, match="one line"):
         forms.overrides_for(path, {"train.optim": "a\nb"}, [Path.cwd()])
+
+
+def test_resume_runs_the_command_of_the_runs_own_stage(tmp_path):
+    # a GRPO or DPO run resumes with its own command: `thinktune train --resume` would refuse its folder
+    for stage, command in (("sft", "train"), ("grpo", "grpo"), ("dpo", "dpo"), (None, "train")):
+        run = tmp_path / f"run-{stage}"
+        run.mkdir()
+        summary = {"status": "interrupted"} | ({"stage": stage} if stage else {})
+        (run / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+        (run / "config.yaml").write_text("model:\n  name_or_path: tiny\n", encoding="utf-8")
+        argv = forms.resume_command(tmp_path, run.name)
+        assert argv[-3:] == [command, "--resume", str(run.resolve())], stage

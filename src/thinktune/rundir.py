@@ -170,6 +170,11 @@ class RunSummary:
             extra={k: v for k, v in raw.items() if k not in known},
         )
 
+    @property
+    def command(self) -> str:
+        """The command that trained (and resumes) this run: ``train`` for SFT, ``grpo`` or ``dpo``."""
+        return self.stage if self.stage in ("grpo", "dpo") else "train"
+
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         return {**out, **self.extra}

@@ -153,10 +153,9 @@ def oom_message(cfg: Config, e: BaseException) -> str:
 def resume_command(run: RunDir) -> str:
     """The command that resumes this run: `train` for SFT, `grpo` or `dpo` for the reinforcement stage."""
     try:
-        stage = run.read_summary().stage
+        return run.read_summary().command
     except Exception:  # an unreadable summary must not hide the failure being explained
-        stage = None
-    return stage if stage in ("grpo", "dpo") else "train"
+        return "train"
 
 
 def explain_failure(e: BaseException, cfg: Config, run: RunDir) -> tuple[str, TrainError | None]:

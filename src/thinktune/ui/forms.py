@@ -29,6 +29,7 @@ from thinktune.configfile import (
     recipe_summary,
 )
 from thinktune.errors import ConfigError, UIError
+from thinktune.rundir import RunDir
 from thinktune.ui.paths import check_value, run_folder
 from thinktune.utils import check_file_name, slug
 
@@ -216,7 +217,9 @@ def inspect_command(
 
 
 def resume_command(runs: Path, run: str) -> list[str]:
-    return thinktune_argv("train", "--resume", str(run_folder(runs, run)))
+    """`thinktune train|grpo|dpo --resume RUN`: the command of the run's own stage."""
+    folder = run_folder(runs, run)
+    return thinktune_argv(RunDir(folder).read_summary().command, "--resume", str(folder))
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
