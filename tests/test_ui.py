@@ -487,8 +487,8 @@ def test_form_overrides_keep_only_changes():
     base = forms.base_values(path)
     assert forms.overrides_for(path, dict(base), [Path.cwd()]) == []
     assert forms.overrides_for(
-        path, {**base, "data.max_length": "1024", "model.tokenizer": ""}, [Path.cwd()]
-    ) == ["data.max_length=1024"]
+        path, {**base, "data.max_length": "1536", "model.tokenizer": ""}, [Path.cwd()]
+    ) == ["data.max_length=1536"]
     with pytest.raises(ConfigError, match="one line"):
         forms.overrides_for(path, {"train.optim": "a\nb"}, [Path.cwd()])
 
