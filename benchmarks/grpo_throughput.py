@@ -48,8 +48,9 @@ from train_throughput import RssPeak, resolve_model, step_timer  # noqa: E402
 class GenerateTimer:
     """Time every ``generate`` call of a model and count the tokens it produced (up to the first stop token)."""
 
-    def __init__(self, model: Any, stops: list[int]) -> None:
+    def __init__(self, model: Any, stops: list[int], metrics: Path | None = None) -> None:
         self.model, self.stops = model, set(stops)
+        self.metrics = metrics  # thinktune's metrics.jsonl, for a rollout that does not call generate
         self.calls: list[tuple[float, int]] = []
         self._generate = model.generate
         model.generate = self._timed
@@ -179,7 +180,7 @@ def arm_thinktune(cfg: Any, start: str | None, out: str) -> tuple[Any, GenerateT
         device=device,
         precision=resolve_precision(cfg.model.dtype, device),
     )
-    return trainer, GenerateTimer(trainer.model, stop_token_ids(fmt.tokenizer, fmt.eot_id))
+    return trainer, GenerateTimer(trainer.model, stop_token_ids(fmt.tokenizer, fmt.eot_id), run.metrics)
 
 
 def run_arm(name: str, build: Any) -> dict[str, Any]:
@@ -203,6 +204,13 @@ def run_arm(name: str, build: Any) -> dict[str, Any]:
     gen_s = sum(s for s, _ in sampled)
     gen_tokens = sum(t for _, t in sampled)
     logs = [h for h in trainer.state.log_history if "reward" in h]
+    if not gen.calls and gen.metrics is not None and gen.metrics.is_file():
+        # thinktune's rollout samples without model.generate; it times itself (GenerationStats: the seconds and
+        # the tokens of every completion, the end-of-turn token included) into each step of metrics.jsonl
+        steps_logged = [json.loads(line) for line in gen.metrics.read_text().splitlines() if line.strip()]
+        timed = [h for h in steps_logged[1:] if "generation_s" in h]
+        gen_s = sum(h["generation_s"] for h in timed)
+        gen_tokens = round(sum(h["generation_s"] * h["generation_tokens_per_s"] for h in timed))
     rewards = [h["reward"] for h in logs[1:]]
     peak = torch.cuda.max_memory_allocated() if on_gpu else rss.growth
     row = {

@@ -162,6 +162,21 @@ def test_a_huge_output_is_cut_and_penalised(family):
     assert cols["length"] == [-1.0] and cols["format"] == [0.0] and cols["correct"] == [0.0]
 
 
+def test_the_think_reward_pays_for_a_closed_block_even_when_the_answer_is_cut(family):
+    _, tok, fmt = family
+    s = scorer(tok, fmt, MCQ, max_len=48, weights={"format": 1.0, "think": 1.0})
+    prompt = fmt.prompt(MCQ.message)
+    closed_then_cut = emit(tok, fmt, completion(fmt, "Inferior leads.", "word " * 200), stop=False)[:48]
+    never_closed = emit(tok, fmt, completion(fmt, "word " * 200, "The answer is A."), stop=False)[:48]
+    cols = s.score([prompt, prompt], [closed_then_cut, never_closed], [0, 0])
+    assert s.names == ["format", "think"]
+    assert cols["format"] == [0.0, 0.0]  # neither stopped: no format reward for either
+    if fmt.reasoning == "drop":
+        assert cols["think"] == [1.0, 1.0]  # thinking off: no block expected, none written
+    else:
+        assert cols["think"] == [1.0, 0.0]  # the signal that tells the two apart
+
+
 def test_open_ended_answers_match_the_reference_or_an_alias(family):
     _, tok, fmt = family
     for answer, right in (

@@ -269,7 +269,9 @@ class GRPOSection:
         {"correct": 1.0, "format": 1.0, "length": 0.5},
         "Weight of each reward in the sum GRPO normalises per group; each is logged apart. correct: the grader's "
         "option (or the reference answer) is right; format: think block closed, a non-empty answer naming one "
-        "option, the end-of-turn token; length: a soft penalty near max_completion_length. 0 turns one off.",
+        "option, the end-of-turn token; think: the think block closed, even if the answer after it is cut (teaches a "
+        "model with long reasoning to close it within max_completion_length; off unless given); length: a soft "
+        "penalty near max_completion_length. 0 turns one off.",
     )
     length_buffer: float = _f(
         0.2,
@@ -427,7 +429,7 @@ def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) ->
 
 
 #: The rewards `thinktune grpo` knows (rewards.py in the train layer computes each).
-REWARD_NAMES = ("correct", "format", "length")
+REWARD_NAMES = ("correct", "format", "think", "length")
 
 
 def _rl_problems(cfg: Config) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from thinktune.config import Config, validate
 from thinktune.configfile import RECIPES, load_config
+from thinktune.errors import RunDirError
 from thinktune.evals.records import ComparePair, Output
 from thinktune.rundir import RunDir, RunSummary
 from thinktune.utils import write_json
@@ -197,6 +198,8 @@ def run_grpo_demo(
     out = out or sys.stdout
     started = time.perf_counter()
     sft_path = Path(sft_run) if sft_run else SFT_DEMO_RUN
+    if sft_run and not (sft_path / "adapter" / "adapter_config.json").is_file():
+        raise RunDirError(f"{sft_path} holds no finished SFT run (no adapter/adapter_config.json)")
     if not (sft_path / "adapter" / "adapter_config.json").is_file():
         print(
             f"{sft_path} holds no finished SFT demo run: running `thinktune demo` first.\n",

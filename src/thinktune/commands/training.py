@@ -78,12 +78,19 @@ def add_demo(sub) -> Callable:
         "the think block, the share that named one option, accuracy with its 95% interval and the random "
         "baseline (the demo-grpo-cpu recipe).",
         epilog="examples:\n  thinktune demo\n  thinktune demo eval.limit=2 generation.max_new_tokens=200\n"
-        "  thinktune demo grpo\n  thinktune demo grpo train.max_steps=8\n" + EPILOG_OVERRIDES,
+        "  thinktune demo grpo\n  thinktune demo grpo train.max_steps=8\n"
+        "  thinktune demo grpo --sft-run runs/my-sft\n" + EPILOG_OVERRIDES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_verbose(p)
     p.add_argument(
-        "overrides",
+        "--sft-run",
+        metavar="RUN_DIR",
+        default=None,
+        help="`demo grpo` only: the finished SFT run GRPO continues (default runs/demo, trained first if absent)",
+    )
+    p.add_argument(
+        "settings",
         nargs="*",
         metavar="[grpo] section.key=value",
         help="`grpo`, then overrides of the demo config",
@@ -94,7 +101,7 @@ def add_demo(sub) -> Callable:
 def _run_demo(args: argparse.Namespace) -> int:
     from thinktune.demo import run_demo, run_grpo_demo
 
-    items = list(args.overrides)
+    items = list(args.settings)
     stage = items.pop(0) if items and items[0] == "grpo" else None
     bad = [o for o in items if "=" not in o]
     if bad:
@@ -103,7 +110,9 @@ def _run_demo(args: argparse.Namespace) -> int:
             "section.key=value overrides only"
         )
     if stage == "grpo":
-        run_grpo_demo(items)
+        run_grpo_demo(items, sft_run=args.sft_run)
     else:
+        if args.sft_run:
+            raise UsageError("--sft-run belongs to `thinktune demo grpo` (the SFT demo trains its own run)")
         run_demo(items)
     return 0

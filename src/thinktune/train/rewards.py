@@ -11,6 +11,9 @@ grader, :func:`thinktune.evals.grading.grade`.
 - :func:`format_reward`   the trained shape: the think block closed (or, with thinking off, no reasoning), then a
   non-empty answer with no second think block, then the end-of-turn token: 0.5; for a multiple-choice question
   the answer itself (not the reasoning) must also name exactly one option for the other 0.5.
+- :func:`think_reward`    1 when the think block is closed as expected (:func:`think_ok`), even when the answer
+  after it is then cut at the limit: the signal that teaches a model with long reasoning to close it in time
+  (off by default; the CPU demo turns it on).
 - :func:`length_reward`   DAPO's soft overlong punishment: 0 up to (1 - buffer) x the limit, then a ramp down to
   -1 at the limit; a completion cut at the limit scores -1.
 
@@ -27,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from thinktune.config import REWARD_NAMES
 from thinktune.data.reasoning import THINK_CLOSE, THINK_OPEN
 from thinktune.evals.grading import extract_choice, grade
 from thinktune.evals.mcq import Question
@@ -76,6 +80,11 @@ def format_reward(gen: Generation, question: Question, *, expect_think: bool) ->
     if question.options:
         return 1.0 if names_option(question, gen) else 0.5
     return 1.0
+
+
+def think_reward(gen: Generation, *, expect_think: bool) -> float:
+    """1.0 when the think block is closed as expected (:func:`think_ok`), whatever follows it; else 0.0."""
+    return 1.0 if think_ok(gen, expect_think=expect_think) else 0.0
 
 
 def correct_reward(gen: Generation, question: Question) -> float:
@@ -175,7 +184,7 @@ class RewardScorer:
 
     @property
     def names(self) -> list[str]:
-        return [n for n in ("correct", "format", "length") if self.weights.get(n)]
+        return [n for n in REWARD_NAMES if self.weights.get(n)]
 
     def functions(self) -> list[Callable[..., list[float]]]:
         """One callable per active reward, named after it (TRL logs ``rewards/<name>/mean`` and ``/std``)."""
@@ -240,6 +249,8 @@ class RewardScorer:
                     values["correct"] = correct_reward(g, q)
             if "format" in columns:
                 values["format"] = format_reward(g, q, expect_think=self.expect_think)
+            if "think" in columns:
+                values["think"] = think_reward(g, expect_think=self.expect_think)
             if "length" in columns:
                 values["length"] = length_reward(
                     g.new_tokens,

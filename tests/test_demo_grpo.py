@@ -1,0 +1,100 @@
+"""The GRPO demo's held-out split and scores: the questions keep their options through the run folder, the grader
+reads them, and the random baseline is 1 / (number of options), not 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from thinktune.configfile import load_config
+from thinktune.data.load import split_examples
+from thinktune.demo import GRPO_DEMO_CONFIG, held_out_scores
+from thinktune.evals.evaluate import record
+from thinktune.evals.mcq import Question
+from thinktune.evals.problems import load_problems, to_example
+from thinktune.infer.generate import Generation
+from thinktune.rundir import RunDir, save_examples
+
+
+def answered(question: Question, answer: str) -> Generation:
+    return Generation(
+        prompt=question.message,
+        text=f"<think>short</think>{answer}",
+        reasoning="short",
+        answer=answer,
+        think_closed=True,
+        think_opened=True,
+        stopped=True,
+        hit_max_new_tokens=False,
+        new_tokens=12,
+    )
+
+
+def tokenize(text: str) -> list[int]:
+    return list(range(len(text.split())))
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory) -> list[Question]:
+    """The demo recipe's held-out split of sample:mcq, written to a run folder and read back as the demo does."""
+    cfg = load_config(GRPO_DEMO_CONFIG)
+    loaded = load_problems(cfg.data.source)
+    _, val = split_examples(loaded.questions, val_size=cfg.data.val_size, seed=cfg.data.seed, shuffle=True)
+    run = RunDir(tmp_path_factory.mktemp("demo-grpo"))
+    run.path.joinpath("data").mkdir()
+    save_examples(run.validation_data, [to_example(q) for q in val])
+    return [Question.from_example(e, i) for i, e in enumerate(run.examples("validation"))]
+
+
+def test_the_held_out_questions_carry_their_options_and_letter(held_out):
+    assert len(held_out) == load_config(GRPO_DEMO_CONFIG).data.val_size
+    for q in held_out:
+        assert q.options and len(q.options) >= 4 and q.answer in q.options
+        # The user message is the one eval renders: lettered options and the closing instruction.
+        assert all(f"{k}. {v}" in q.message for k, v in q.options.items())
+
+
+def test_the_grader_reads_the_held_out_options(held_out):
+    q = held_out[0]
+    wrong = next(k for k in q.options if k != q.answer)
+    assert record(q, answered(q, f"The answer is {q.answer}."), tokenize).output.correct is True
+    assert record(q, answered(q, f"The answer is {wrong}."), tokenize).output.correct is False
+
+
+def test_the_random_baseline_is_one_over_the_number_of_options(held_out):
+    # The records of a run folder's questions do not list the options (list_options is off: the message already
+    # holds them), so the baseline must come from the questions; reading it from the records gave 1.0.
+    records = [record(q, answered(q, f"The answer is {q.answer}."), tokenize) for q in held_out]
+    assert all(r.options is None for r in records)
+    scores = held_out_scores(records, held_out)
+    expected = sum(1 / len(q.options) for q in held_out) / len(held_out)
+    assert scores["random_baseline"] == pytest.approx(expected)
+    assert 0.2 <= scores["random_baseline"] <= 0.25
+    assert scores["accuracy"] == 1.0 and scores["named_option"] == 1.0 and scores["think_closed"] == 1.0
+
+    four = [i for i, q in enumerate(held_out) if len(q.options) == 4]
+    only_four = held_out_scores([records[i] for i in four], [held_out[i] for i in four])
+    assert only_four["random_baseline"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "grpo", "--sft-run", "{run}", "train.max_steps=2"],
+        ["demo", "--sft-run", "{run}", "grpo", "train.max_steps=2"],
+    ],
+)
+def test_demo_grpo_takes_the_sft_run_to_continue(argv, tmp_path, capsys):
+    from thinktune.cli import main
+
+    missing = tmp_path / "no-such-run"
+    assert main([a.format(run=missing) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} holds no finished SFT run" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sft_run_belongs_to_the_grpo_demo(tmp_path, capsys):
+    from thinktune.cli import main
+
+    assert main(["demo", "--sft-run", str(tmp_path)]) == 2
+    assert "--sft-run belongs to `thinktune demo grpo`" in capsys.readouterr().err
