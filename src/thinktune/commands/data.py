@@ -44,7 +44,6 @@ def add_inspect_data(sub) -> Callable:
 def _run_inspect_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thinktune.data.load import load_configured, split_examples
     from thinktune.formatting import doctor
     from thinktune.formatting.formatter import Formatter
     from thinktune.models.loading import load_tokenizer
@@ -71,13 +70,8 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
             )
     tok = load_tokenizer(cfg.model)
     fmt = Formatter.from_config(tok, d)
-    loaded = load_configured(d, reserved=fmt.reserved)  # control-token text is a bad row, as in training
-    train, val = split_examples(
-        loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
-    )
-    notes = fmt.check(loaded.examples[:3])
-    encoded = doctor.encode_all(fmt, train + val)
-    result = doctor.apply_length_policy(fmt, encoded, d.max_length, d.length_policy)
+    seen = doctor.examine(fmt, d, tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path)
+    encoded, report = seen.encoded, seen.report
     if not args.out:
         # Only now: a missing file or a bad row must not leave an empty runs/inspect-* folder behind.
         out = create_run_dir(cfg.train.output_dir, None, f"inspect-{slug(Path(d.source).stem)}")
@@ -85,20 +79,9 @@ def _run_inspect_data(args: argparse.Namespace) -> int:
     for i, enc in enumerate(encoded[: max(0, args.show)], start=1):
         doctor.show_example(fmt, enc, i, color=color)
         print()
-    report = doctor.build_report(
-        fmt,
-        loaded.summary(),
-        encoded,
-        result,
-        max_length=d.max_length,
-        policy=d.length_policy,
-        notes=notes,
-        splits={"train": len(train), "validation": len(val)},
-        tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path,
-    )
     path = doctor.write_report(out, report)
     length_histogram(
-        out / "length_histogram.png", [e.lengths for e in encoded], d.max_length, title=loaded.source
+        out / "length_histogram.png", [e.lengths for e in encoded], d.max_length, title=seen.loaded.source
     )
     doctor.print_summary(report)
     print(f"\nwrote {path} and {out / 'length_histogram.png'}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from thinktune.config import DataConfig
 from thinktune.data.schemas import Example
 from thinktune.errors import ExampleError
 from thinktune.formatting.formatter import Encoded, Formatter
@@ -233,3 +234,39 @@ def print_summary(report: dict[str, Any], out=None) -> None:
         f"reasoning shortened {len(lp['shortened'])} -- no answer is ever cut",
         file=out,
     )
+
+
+@dataclass(frozen=True)
+class Examination:
+    """What the data doctor saw: the source as read, every example encoded, what the length policy did, the report."""
+
+    loaded: Any
+    encoded: list[Encoded]
+    result: PolicyResult
+    report: dict[str, Any]
+
+
+def examine(fmt: Formatter, d: DataConfig, *, tokenizer_name: str) -> Examination:
+    """Load `d`'s source as training does (control-token text is a bad row), split it, encode every example
+    through `fmt`, apply the length policy and build the report: what `inspect-data` and the web page show."""
+    from thinktune.data.load import load_configured, split_examples
+
+    loaded = load_configured(d, reserved=fmt.reserved)
+    train, val = split_examples(
+        loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
+    )
+    notes = fmt.check(loaded.examples[:3])
+    encoded = encode_all(fmt, train + val)
+    result = apply_length_policy(fmt, encoded, d.max_length, d.length_policy)
+    report = build_report(
+        fmt,
+        loaded.summary(),
+        encoded,
+        result,
+        max_length=d.max_length,
+        policy=d.length_policy,
+        notes=notes,
+        splits={"train": len(train), "validation": len(val)},
+        tokenizer_name=tokenizer_name,
+    )
+    return Examination(loaded, encoded, result, report)

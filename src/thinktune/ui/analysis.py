@@ -53,7 +53,6 @@ def histogram(values: list[int], upper: int, bins: int = 32) -> dict[str, Any]:
 def data_doctor(cfg: Config, example: int = 0) -> dict[str, Any]:
     """The data doctor's report for `cfg`, the length histogram as numbers, and one example as the model sees it
     (the prompt, and the trained completion apart)."""
-    from thinktune.data.load import load_configured, split_examples
     from thinktune.formatting import doctor
     from thinktune.formatting.formatter import Formatter
 
@@ -61,24 +60,8 @@ def data_doctor(cfg: Config, example: int = 0) -> dict[str, Any]:
     with _lock:
         tok = _tokenizer(cfg)
         fmt = Formatter.from_config(tok, d)
-        loaded = load_configured(d, reserved=fmt.reserved)
-        train, val = split_examples(
-            loaded.examples, val_size=d.val_size, seed=d.seed, shuffle=d.shuffle, max_examples=d.max_examples
-        )
-        notes = fmt.check(loaded.examples[:3])
-        encoded = doctor.encode_all(fmt, train + val)
-        result = doctor.apply_length_policy(fmt, encoded, d.max_length, d.length_policy)
-        report = doctor.build_report(
-            fmt,
-            loaded.summary(),
-            encoded,
-            result,
-            max_length=d.max_length,
-            policy=d.length_policy,
-            notes=notes,
-            splits={"train": len(train), "validation": len(val)},
-            tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path,
-        )
+        seen = doctor.examine(fmt, d, tokenizer_name=cfg.model.tokenizer or cfg.model.name_or_path)
+        encoded, report = seen.encoded, seen.report
         shown = None
         if encoded:
             enc = encoded[max(0, min(example, len(encoded) - 1))]
