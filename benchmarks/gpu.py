@@ -470,7 +470,8 @@ def part_grpo(ctx: dict) -> dict:
 
     smoke = not ctx["on_gpu"]
     tokenizer = None
-    if not smoke:  # the real R1-Distill tokenizer where the offline package is installed (its vocabulary fits)
+    # the real R1-Distill tokenizer where the offline package is installed (its vocabulary fits)
+    if not smoke:
         try:
             from thinktune.models import assets
 

@@ -154,6 +154,55 @@ def test_sampling_is_seeded(tiny):
     assert sample(8) != first
 
 
+def test_repetition_penalty_spares_the_end_of_turn_and_the_think_tags(tiny):
+    """transformers' penalty for every other token; the stop tokens and the think tags' tokens keep their logits
+    (every prompt holds the end-of-turn token, so a penalised one makes answers run on past their end)."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from thinktune.infer.generate import penalize_repeats, stop_token_ids, unpenalized_ids
+
+    model, tok, fmt = tiny
+    prompt = tok(fmt.prompt(QUESTIONS[0]), add_special_tokens=False)["input_ids"]
+    exempt = unpenalized_ids(tok, stop_token_ids(tok, fmt.eot_id))
+    assert fmt.eot_id in exempt
+    assert set(tok("</think>", add_special_tokens=False)["input_ids"]) <= set(exempt)
+    history = torch.tensor([prompt + exempt])
+    scores = torch.randn(1, len(tok)) * 4
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(history, scores.clone())
+    ours = penalize_repeats(scores, history, 1.3, torch.tensor(exempt))
+    assert torch.equal(ours[:, exempt], scores[:, exempt])
+    assert not torch.equal(theirs[:, exempt], scores[:, exempt])  # transformers' own penalises them
+    others = torch.ones(len(tok), dtype=torch.bool)
+    others[exempt] = False
+    assert torch.equal(ours[:, others], theirs[:, others])
+    assert not torch.equal(ours[:, others], scores[:, others])
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (0.8, 0.9)])
+def test_penalised_decoding_is_transformers_order_of_penalty_temperature_and_top_p(tiny, temperature, top_p):
+    """With an exempt id that never occurs, thinktune's processors draw exactly what transformers' own
+    repetition penalty, temperature and top-p draw: the same arithmetic in the same order."""
+    import torch
+
+    from thinktune.infer.generate import decoding_kwargs
+
+    model, tok, fmt = tiny
+    ids = torch.tensor([tok(fmt.prompt(QUESTIONS[1]), add_special_tokens=False)["input_ids"]])
+
+    def draw(exempt):
+        torch.manual_seed(5)
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, eos_token_id=[-1],
+            pad_token_id=0, **decoding_kwargs(temperature, top_p, 1.3, exempt),
+        )  # fmt: skip
+        return out[0, ids.shape[1] :].tolist()
+
+    native = draw(())
+    unused = next(i for i in range(len(tok)) if i not in native and i not in ids[0].tolist())
+    assert draw([unused]) == native
+
+
 def test_hf_generator_switches_a_peft_adapter_off_for_the_base(tiny):
     import torch
     from peft import LoraConfig, get_peft_model

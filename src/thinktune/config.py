@@ -182,7 +182,11 @@ class GenerationConfig:
     temperature: float = _f(0.0, "0: greedy. DeepSeek recommends 0.6 (with top_p 0.95) for R1 models.")
     top_p: float = _f(1.0, "Nucleus sampling mass (used when temperature > 0).")
     seed: int = _f(0, "Seed for sampling (temperature > 0), so runs are repeatable.")
-    repetition_penalty: float = _f(1.0, "Penalty > 1 discourages repeating tokens.")
+    repetition_penalty: float = _f(
+        1.0,
+        "Penalty > 1 discourages repeating tokens (not the end-of-turn token or the think tags: they are the "
+        "format, and every prompt already holds them).",
+    )
     backend: Literal["auto", "hf", "vllm"] = _f(
         "auto",
         "Generation engine for eval/compare. auto: vLLM when installed on a CUDA GPU, else transformers. GRPO and "
