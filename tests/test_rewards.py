@@ -53,7 +53,9 @@ def family(request):
     return request.param, tok, fmt
 
 
-def scorer(tok, fmt, question, *, max_len=256, weights=None):
+def scorer(tok, fmt, question, *, max_len=256, weights=None, min_words=0):
+    """The scorer over one question; reasoning of any length counts as reasoning unless `min_words` is given
+    (the tests' completions reason in a few words)."""
     return RewardScorer(
         tok,
         [question],
@@ -63,6 +65,7 @@ def scorer(tok, fmt, question, *, max_len=256, weights=None):
         fmt.reasoning == "train",
         max_len,
         0.25,
+        min_reasoning_words=min_words,
     )
 
 
@@ -81,8 +84,8 @@ def completion(fmt, reasoning: str, answer: str) -> str:
     return body if fmt.prompt_opens_think else f"<think>\n{body}"
 
 
-def rewards(tok, fmt, question, text, *, stop=True, max_len=256):
-    s = scorer(tok, fmt, question, max_len=max_len)
+def rewards(tok, fmt, question, text, *, stop=True, max_len=256, min_words=0):
+    s = scorer(tok, fmt, question, max_len=max_len, min_words=min_words)
     prompt = fmt.prompt(question.message)
     cols = s.score([prompt], [emit(tok, fmt, text, stop=stop)], [0])
     return {k: v[0] for k, v in cols.items()}, s.last[0].generation
@@ -177,6 +180,30 @@ def test_the_think_reward_pays_for_a_closed_block_even_when_the_answer_is_cut(fa
         assert cols["think"] == [1.0, 0.0]  # the signal that tells the two apart
 
 
+def test_an_empty_think_block_or_an_answer_of_markup_earns_no_format_or_think_reward(family):
+    """What a policy found within 8 steps of the CPU demo: '<think></think></thought>' (an empty block closed at
+    once, then a tag). Thinking on, fewer than grpo.min_reasoning_words words of reasoning is no reasoning; an
+    answer of tags alone is no answer."""
+    _, tok, fmt = family
+    weights = {"format": 1.0, "think": 1.0}
+    reasoned = "The ST elevation sits in the inferior leads, II, III and aVF, " * 2
+
+    def got(reasoning, answer):
+        s = scorer(tok, fmt, MCQ, weights=weights, min_words=20)
+        text = completion(fmt, reasoning, answer)
+        cols = s.score([fmt.prompt(MCQ.message)], [emit(tok, fmt, text)], [0])
+        return cols["format"][0], cols["think"][0]
+
+    assert got(reasoned, "The answer is A.") == (1.0, 1.0)
+    if fmt.reasoning == "drop":  # thinking off: the answer alone is the shape; markup is still no answer
+        assert got("", "</thought>") == (0.0, 1.0)
+        return
+    assert got("", "The answer is A.") == (0.0, 0.0)
+    assert got("Inferior leads, so the RCA.", "The answer is A.") == (0.0, 0.0)  # 5 words
+    assert got(reasoned, "</thought></question>") == (0.0, 1.0)
+    assert got(reasoned, "<b>A</b>") == (0.0, 1.0)  # one letter inside tags: not a word
+
+
 def test_open_ended_answers_match_the_reference_or_an_alias(family):
     _, tok, fmt = family
     for answer, right in (
@@ -228,5 +255,8 @@ def test_the_scorer_scores_a_batch_once_and_hands_each_reward_its_column(smollm2
 def test_correct_and_format_are_pure_functions_of_a_generation():
     from thinktune.infer.generate import Generation
 
-    gen = Generation("p", "x", "r", "The answer is A.", True, True, True, False, 9)
+    gen = Generation("p", "x", "r " * 20, "The answer is A.", True, True, True, False, 29)
     assert correct_reward(gen, MCQ) == 1.0 and format_reward(gen, MCQ, expect_think=True) == 1.0
+    short = Generation("p", "x", "r", "The answer is A.", True, True, True, False, 9)
+    assert format_reward(short, MCQ, expect_think=True) == 0.0
+    assert format_reward(short, MCQ, expect_think=True, min_words=1) == 1.0

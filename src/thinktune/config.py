@@ -277,6 +277,11 @@ class GRPOSection:
         "model with long reasoning to close it within max_completion_length; off unless given); length: a soft "
         "penalty near max_completion_length. 0 turns one off.",
     )
+    min_reasoning_words: int = _f(
+        20,
+        "With thinking on, a think block of fewer words counts as not closed for the format and think rewards: "
+        "otherwise a policy learns to open and close an empty block at once (the CPU demo did within 8 steps).",
+    )
     length_buffer: float = _f(
         0.2,
         "The length penalty's ramp: completions longer than (1 - length_buffer) x max_completion_length get a "
@@ -462,6 +467,10 @@ def _rl_problems(cfg: Config) -> list[str]:
         problems.append(f"grpo.rewards has unknown rewards {unknown}: use {', '.join(REWARD_NAMES)}.")
     if not any(w for w in r.rewards.values()):
         problems.append("grpo.rewards: every weight is 0, so nothing would be rewarded; give correct: 1.0.")
+    if r.min_reasoning_words < 0:
+        problems.append(
+            f"grpo.min_reasoning_words={r.min_reasoning_words}: use 0 (any closed block counts) or more words."
+        )
     if not 0 < r.length_buffer <= 1:
         problems.append(
             f"grpo.length_buffer={r.length_buffer}: use a fraction in (0, 1] (0.2: the last 20%)."

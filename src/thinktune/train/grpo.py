@@ -379,6 +379,7 @@ def build_grpo_trainer(
         expect_think=fmt.reasoning == "train",
         max_completion_length=g.max_completion_length,
         length_buffer=g.length_buffer,
+        min_reasoning_words=g.min_reasoning_words,
         verifier=verifier,
     )
     supervised = 0

@@ -8,8 +8,9 @@ grader, :func:`thinktune.evals.grading.grade`.
 - :func:`correct_reward`  1 when the grader's option equals the reference letter (multiple choice), or the answer
   matches the reference or an alias (open-ended); else 0. With a verifier model (``grpo.verifier``) open-ended
   answers score HuatuoGPT-o1's 1 (right) / 0.1 (wrong) / 0 (no answer).
-- :func:`format_reward`   the trained shape: the think block closed (or, with thinking off, no reasoning), then a
-  non-empty answer with no second think block, then the end-of-turn token: 0.5; for a multiple-choice question
+- :func:`format_reward`   the trained shape: the think block closed after ``grpo.min_reasoning_words`` words (or,
+  with thinking off, no reasoning), then an answer with text in it (not markup alone) and no second think block,
+  then the end-of-turn token: 0.5; for a multiple-choice question
   the answer itself (not the reasoning) must also name exactly one option for the other 0.5.
 - :func:`think_reward`    1 when the think block is closed as expected (:func:`think_ok`), even when the answer
   after it is then cut at the limit: the signal that teaches a model with long reasoning to close it in time
@@ -26,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from thinktune.config import REWARD_NAMES
+from thinktune.config import REWARD_NAMES, GRPOSection
 from thinktune.data.reasoning import THINK_CLOSE, THINK_OPEN
 from thinktune.evals.grading import extract_choice, grade
 from thinktune.evals.mcq import Question
@@ -45,20 +47,33 @@ VERIFIER_RIGHT, VERIFIER_WRONG, VERIFIER_NONE = 1.0, 0.1, 0.0
 # ------------------------------------------------------------------------------------------ pure rewards
 
 
-def think_ok(gen: Generation, *, expect_think: bool) -> bool:
-    """The reasoning part of the shape: a closed think block when thinking is expected; none (or an empty one)
-    when it is off (Qwen3 with enable_thinking=False pre-fills an empty block in the prompt)."""
+#: ``grpo.min_reasoning_words`` unless the config says otherwise.
+MIN_REASONING_WORDS = GRPOSection().min_reasoning_words
+_MARKUP = re.compile(r"<[^<>]*>")
+_WORD = re.compile(r"\w\w")
+
+
+def think_ok(gen: Generation, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS) -> bool:
+    """The reasoning part of the shape: a closed think block of at least `min_words` words when thinking is
+    expected (an empty block closed at once is not reasoning, and a policy finds it within a few steps); none
+    (or an empty one) when it is off (Qwen3 with enable_thinking=False pre-fills an empty block in the prompt)."""
     if expect_think:
-        return gen.think_closed
+        return gen.think_closed and len(gen.reasoning.split()) >= min_words
     return not gen.think_opened or (gen.think_closed and not gen.reasoning.strip())
 
 
-def structure_ok(gen: Generation, *, expect_think: bool) -> bool:
-    """Think block as expected, a non-empty answer holding no second think block, the end-of-turn token."""
+def has_text(answer: str) -> bool:
+    """The answer says something: a word left once markup tags are removed ('</thought>' alone is not one)."""
+    return bool(_WORD.search(_MARKUP.sub(" ", answer)))
+
+
+def structure_ok(gen: Generation, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS) -> bool:
+    """Think block as expected, an answer with text in it (:func:`has_text`) and no second think block, the
+    end-of-turn token."""
     answer = gen.answer.strip()
     return (
-        think_ok(gen, expect_think=expect_think)
-        and bool(answer)
+        think_ok(gen, expect_think=expect_think, min_words=min_words)
+        and has_text(answer)
         and THINK_OPEN not in answer
         and THINK_CLOSE not in answer
         and gen.stopped
@@ -72,19 +87,21 @@ def names_option(question: Question, gen: Generation) -> bool:
     return extract_choice(gen.answer, question.options, "").letter is not None
 
 
-def format_reward(gen: Generation, question: Question, *, expect_think: bool) -> float:
+def format_reward(
+    gen: Generation, question: Question, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS
+) -> float:
     """0.5 for the shape (:func:`structure_ok`); for a multiple-choice question another 0.5 when the answer
     names one option (:func:`names_option`); an open-ended question's answer gets the full 1.0 for the shape."""
-    if not structure_ok(gen, expect_think=expect_think):
+    if not structure_ok(gen, expect_think=expect_think, min_words=min_words):
         return 0.0
     if question.options:
         return 1.0 if names_option(question, gen) else 0.5
     return 1.0
 
 
-def think_reward(gen: Generation, *, expect_think: bool) -> float:
+def think_reward(gen: Generation, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS) -> float:
     """1.0 when the think block is closed as expected (:func:`think_ok`), whatever follows it; else 0.0."""
-    return 1.0 if think_ok(gen, expect_think=expect_think) else 0.0
+    return 1.0 if think_ok(gen, expect_think=expect_think, min_words=min_words) else 0.0
 
 
 def correct_reward(gen: Generation, question: Question) -> float:
@@ -177,6 +194,7 @@ class RewardScorer:
     expect_think: bool
     max_completion_length: int
     length_buffer: float
+    min_reasoning_words: int = MIN_REASONING_WORDS
     verifier: Verifier | None = None
     last: list[Scored] = field(default_factory=list)
     _key: Any = None
@@ -248,9 +266,13 @@ class RewardScorer:
                 else:
                     values["correct"] = correct_reward(g, q)
             if "format" in columns:
-                values["format"] = format_reward(g, q, expect_think=self.expect_think)
+                values["format"] = format_reward(
+                    g, q, expect_think=self.expect_think, min_words=self.min_reasoning_words
+                )
             if "think" in columns:
-                values["think"] = think_reward(g, expect_think=self.expect_think)
+                values["think"] = think_reward(
+                    g, expect_think=self.expect_think, min_words=self.min_reasoning_words
+                )
             if "length" in columns:
                 values["length"] = length_reward(
                     g.new_tokens,
