@@ -154,29 +154,28 @@ def test_sampling_is_seeded(tiny):
     assert sample(8) != first
 
 
-def test_repetition_penalty_spares_the_end_of_turn_and_the_think_tags(tiny):
-    """transformers' penalty for every other token; the stop tokens and the think tags' tokens keep their logits
-    (every prompt holds the end-of-turn token, so a penalised one makes answers run on past their end)."""
+def test_repetition_penalty_spares_the_stop_tokens(tiny):
+    """transformers' penalty for every other token, the think tags included; the stop tokens keep their logits
+    (every chat prompt holds the end-of-turn token, so a penalised one makes answers run on past their end)."""
     import torch
     from transformers import RepetitionPenaltyLogitsProcessor
 
-    from thinktune.infer.generate import penalize_repeats, stop_token_ids, unpenalized_ids
+    from thinktune.infer.generate import penalize_repeats, stop_token_ids
 
     model, tok, fmt = tiny
     prompt = tok(fmt.prompt(QUESTIONS[0]), add_special_tokens=False)["input_ids"]
-    exempt = unpenalized_ids(tok, stop_token_ids(tok, fmt.eot_id))
-    assert fmt.eot_id in exempt
-    assert set(tok("</think>", add_special_tokens=False)["input_ids"]) <= set(exempt)
-    history = torch.tensor([prompt + exempt])
+    stops = stop_token_ids(tok, fmt.eot_id)
+    think = tok("</think>", add_special_tokens=False)["input_ids"]
+    history = torch.tensor([prompt + stops + think])
     scores = torch.randn(1, len(tok)) * 4
     theirs = RepetitionPenaltyLogitsProcessor(1.3)(history, scores.clone())
-    ours = penalize_repeats(scores, history, 1.3, torch.tensor(exempt))
-    assert torch.equal(ours[:, exempt], scores[:, exempt])
-    assert not torch.equal(theirs[:, exempt], scores[:, exempt])  # transformers' own penalises them
+    ours = penalize_repeats(scores, history, 1.3, torch.tensor(stops))
+    assert torch.equal(ours[:, stops], scores[:, stops])
+    assert not torch.equal(theirs[:, stops], scores[:, stops])  # transformers' own penalises them
     others = torch.ones(len(tok), dtype=torch.bool)
-    others[exempt] = False
+    others[stops] = False
     assert torch.equal(ours[:, others], theirs[:, others])
-    assert not torch.equal(ours[:, others], scores[:, others])
+    assert not torch.equal(ours[:, think], scores[:, think])
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (0.8, 0.9)])

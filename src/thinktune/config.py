@@ -184,8 +184,8 @@ class GenerationConfig:
     seed: int = _f(0, "Seed for sampling (temperature > 0), so runs are repeatable.")
     repetition_penalty: float = _f(
         1.0,
-        "Penalty > 1 discourages repeating tokens (not the end-of-turn token or the think tags: they are the "
-        "format, and every prompt already holds them).",
+        "Penalty > 1 discourages repeating tokens, except the end-of-turn token (every prompt already holds it; "
+        "penalised, answers run on past their end).",
     )
     backend: Literal["auto", "hf", "vllm"] = _f(
         "auto",

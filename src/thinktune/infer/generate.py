@@ -134,21 +134,14 @@ def adapter_enabled(model: Any, enabled: bool) -> Iterator[None]:
         yield
 
 
-def unpenalized_ids(tokenizer: Any, stops: Sequence[int]) -> list[int]:
-    """The token ids the repetition penalty leaves alone: the stop tokens and the tokens of the think tags.
-    They are the format, not a repeat: every chat prompt already holds the end-of-turn token once per turn, and
-    ``</think>`` shares its tokens with the ``<think>`` before it. Penalised (as transformers' penalty does, over
-    the prompt too) they make a model less likely to close its think block and to stop: with SmolLM2 and a
-    penalty of 1.15, answers that had said everything ran on into markup until max_new_tokens."""
-    ids = set(stops)
-    for tag in (THINK_OPEN, THINK_CLOSE):
-        ids.update(tokenizer(tag, add_special_tokens=False)["input_ids"])
-    return sorted(ids)
-
-
 def penalize_repeats(scores: Any, history: Any, penalty: float, exempt: Any) -> Any:
     """transformers' repetition penalty (a seen token's logit divided by `penalty`, or multiplied when
-    negative), except for the `exempt` ids (:func:`unpenalized_ids`), whose logits stay as they were."""
+    negative), except for the `exempt` ids, whose logits stay as they were.
+
+    Generation exempts its stop tokens: every chat prompt already holds the end-of-turn token once per turn, and
+    transformers' penalty counts the prompt, so a penalised one makes a model less likely to stop (with SmolLM2
+    and a penalty of 1.15, answers that had said everything ran on into markup until max_new_tokens). The think
+    tags stay penalised: spared, a GRPO policy looped on ``</think></think>...``."""
     import torch
 
     score = torch.gather(scores, 1, history)
@@ -177,7 +170,7 @@ def decoding_kwargs(
     own generation_config (R1 ships do_sample=True, temperature 0.6; Qwen3 top_k 20) cannot change greedy
     decoding or add a top-k the user did not ask for (``top_k=None`` would let the model's own back in).
 
-    A repetition penalty other than 1 leaves the `exempt` ids alone (:func:`unpenalized_ids`): it then runs as
+    A repetition penalty other than 1 leaves the `exempt` ids alone (:func:`penalize_repeats`): it then runs as
     thinktune's processor, followed by the temperature and top-p warpers in the order transformers applies its
     own (penalty, temperature, top-p), so the arithmetic is transformers' for every other token."""
     sampling = temperature > 0
@@ -326,7 +319,7 @@ def generate_ids(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    decoding = decoding_kwargs(temperature, top_p, repetition_penalty, unpenalized_ids(tokenizer, stops))
+    decoding = decoding_kwargs(temperature, top_p, repetition_penalty, stops)
     interrupted = False
     stop_set = set(stops)
     try:
@@ -435,7 +428,7 @@ def sample_groups(
             attention = attention.repeat_interleave(group, dim=0)
             last = positions[:, -1].repeat_interleave(group, dim=0)
             history = ids.repeat_interleave(group, dim=0) if repetition_penalty != 1.0 else None
-            exempt = torch.tensor(unpenalized_ids(tokenizer, stops), device=device)
+            exempt = torch.tensor(list(stops), device=device)
             active = torch.arange(len(results), device=device)
             if temperature > 0:
                 torch.manual_seed(seed)

@@ -114,8 +114,8 @@ class VLLMGenerator:
             temperature=temperature,
             top_p=top_p if temperature > 0 else 1.0,
             top_k=-1,  # all tokens (vLLM would otherwise take the model's generation_config top_k)
-            # vLLM's own penalty: unlike the transformers path (generate.unpenalized_ids) it also penalises the
-            # end-of-turn token and the think tags, as vLLM takes no per-request logits processor to spare them
+            # vLLM's own penalty: unlike the transformers path (generate.penalize_repeats) it also penalises the
+            # end-of-turn token, as vLLM takes no per-request logits processor to spare it
             repetition_penalty=repetition_penalty,
             max_tokens=max_new_tokens,
             seed=seed if temperature > 0 else None,
