@@ -20,9 +20,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 Q = Question("2 + 2?", {"A": "4", "B": "5", "C": "6"}, "A", row=7, reference="4")
 
 
+REASONING = "Two and two make four, so the sum is four, which is option A among the three choices given here."
+
+
 def gen(answer: str, *, stopped: bool = True, closed: bool = True) -> Generation:
-    text = f"<think>\nadding\n</think>\n\n{answer}"
-    return Generation("p", text, "adding", answer, closed, True, stopped, not stopped, 12)
+    text = f"<think>\n{REASONING}\n</think>\n\n{answer}"
+    return Generation("p", text, REASONING, answer, closed, True, stopped, not stopped, 32)
 
 
 def test_pairs_take_right_answers_as_chosen_and_wrong_ones_as_rejected():
