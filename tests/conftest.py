@@ -14,6 +14,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# model.dtype=auto on a CPU with bf16 units means bf16; the suite pins fp32 so its numbers do not depend on the CPU
+# that runs it (tests/test_precision.py covers the bf16 path on any CPU).
+os.environ["THINKTUNE_CPU_BF16"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"

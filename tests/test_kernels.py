@@ -446,3 +446,6 @@ def test_skinny_head_gives_the_same_logits_and_is_removed_afterwards():
     biased.lm_head = nn.Linear(16, 300)
     with decoding.skinny_head(biased):
         assert "forward" not in vars(biased.lm_head)
+    bf16 = Tiny().to(torch.bfloat16)  # bf16 on a CPU with bf16 units: F.linear is the faster order there
+    with torch.no_grad(), decoding.skinny_head(bf16):
+        assert "forward" not in vars(bf16.lm_head)

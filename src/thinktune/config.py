@@ -39,7 +39,8 @@ class ModelConfig:
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto",
-        "Weight/compute precision. auto: bf16 on GPUs that support it, fp16 mixed otherwise, fp32 on CPU.",
+        "Weight/compute precision. auto: bf16 on GPUs that support it, fp16 mixed otherwise; on a CPU bf16 where it "
+        "has bf16 units (AVX512-BF16 or AMX), fp32 otherwise.",
     )
     attn_implementation: Literal["auto", "sdpa", "packed_sdpa", "eager", "flash_attention_2"] = _f(
         "auto",

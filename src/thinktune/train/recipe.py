@@ -16,7 +16,8 @@ model + LoRA -> TRL SFTTrainer -> train -> save. What it does differently from t
 - The memory plan runs against the detected GPU before any weights load; gradient checkpointing ``auto`` is on
   only when the plan needs it; QLoRA loads a 4-bit NF4 base (:mod:`thinktune.models.qlora`).
 - Every example fits ``max_length`` before training (the data doctor's policy); nothing is truncated later.
-- bf16 where the GPU supports it, fp16 autocast with fp32 adapter weights where it does not, fp32 on CPU.
+- bf16 where the GPU supports it, fp16 autocast with fp32 adapter weights where it does not; on a CPU a bf16 base
+  with an fp32 adapter where it has bf16 units, fp32 elsewhere.
 
 Behaviour is added with TrainerCallbacks (:mod:`thinktune.train.callbacks`), never by subclassing the Trainer.
 Under ``accelerate launch`` every process runs this function; only the main process writes the run folder.

@@ -179,7 +179,8 @@ def training_args(
         max_grad_norm=t.max_grad_norm if max_grad_norm is None else max_grad_norm,
         optim=t.optim,
         # bf16 autocast where supported; fp16 autocast keeps the LoRA weights in fp32 (PEFT upcasts them), so
-        # the gradient scaler never meets fp16 gradients; CPU trains in plain fp32.
+        # the gradient scaler never meets fp16 gradients; a CPU trains without autocast (fp32, or a bf16 base with the
+        # adapter in fp32 where it has bf16 units).
         bf16=precision.autocast == "bf16",
         fp16=precision.autocast == "fp16",
         gradient_checkpointing=checkpointing,
@@ -275,7 +276,10 @@ def fast_path(cfg: Config, model: Any, device: str, *, temperature: float = 1.0)
         share_lora_dropout(model)
     if use_lora_kernel(cfg.train.lora_kernel, device):
         n = fuse_lora_linears(model)
-        log.info("LoRA: %d projections computed as one node each (train.lora_kernel)", n)
+        if n:
+            log.info("LoRA: %d projections computed as one node each (train.lora_kernel)", n)
+        else:
+            log.info("LoRA: PEFT's projections (the base and the adapter differ in dtype: no one-node kernel)")
 
 
 @contextlib.contextmanager

@@ -239,12 +239,16 @@ def _mixed_rows(self: Any, x: torch.Tensor, names: Any) -> torch.Tensor | None:
 
 def fuse_lora_linears(model: nn.Module) -> int:
     """Give each PEFT ``lora.Linear`` of ``model`` the one-node forward (calls it cannot serve fall back to
-    PEFT's own); returns how many were fused."""
+    PEFT's own); returns how many were fused. A projection whose adapter dtype is not its base's (a bf16 base
+    on a CPU, the adapter in fp32) keeps PEFT's forward: the one node computes in one dtype."""
     from peft.tuners.lora.layer import Linear as LoraLinearLayer
 
     fused = 0
     for module in model.modules():
         if type(module) is LoraLinearLayer and "forward" not in module.__dict__:
+            adapters = [*module.lora_A.values(), *module.lora_B.values()]
+            if any(a.weight.dtype != module.base_layer.weight.dtype for a in adapters):
+                continue
             module.forward = types.MethodType(_lora_fast_forward, module)
             fused += 1
     return fused
