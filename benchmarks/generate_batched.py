@@ -9,6 +9,10 @@ template). Both ways run thinktune.infer.generate.generate with the same greedy 
 tokens per second (end-of-turn token included), the speed-up of batching, and how many outputs are identical
 token for token (left padding changes the shapes of the matrix products, so float rounding can, rarely, flip a
 greedy choice; the count says whether it did).
+
+A third row decodes the same prompts batched with the weights in bf16, what `model.dtype=auto` picks on a CPU with
+bf16 units (AVX512-BF16 or AMX); its outputs are compared with the fp32 batched ones. Without the units PyTorch
+emulates bf16 and the row shows how much slower that is (`--no-bf16` leaves it out).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +40,7 @@ def main() -> int:
         help="torch intra-op threads (default: torch's choice). On a CPU shared with other busy processes, 1 "
         "thread can be several times faster than 2: OpenMP threads wait on each other when a core is taken.",
     )
+    ap.add_argument("--no-bf16", action="store_true", help="leave out the bf16 row")
     args = ap.parse_args()
 
     import torch
@@ -44,6 +50,7 @@ def main() -> int:
     from thinktune.formatting.formatter import Formatter
     from thinktune.infer.generate import generate
     from thinktune.models import assets
+    from thinktune.models.precision import cpu_bf16_supported
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,23 +68,27 @@ def main() -> int:
     }
     generate(model, tok, prompts[:2], batch_size=2, **{**kw, "max_new_tokens": 4})  # warm-up
 
-    def timed(batch_size: int):
+    def timed(batch_size: int, on: Any = model):
         best, gens = float("inf"), None
         for _ in range(args.repeats):
             start = time.perf_counter()
-            gens = generate(model, tok, prompts, batch_size=batch_size, **kw)
+            gens = generate(on, tok, prompts, batch_size=batch_size, **kw)
             best = min(best, time.perf_counter() - start)
         return best, gens
 
     t_single, single = timed(1)
     t_batch, batched = timed(args.batch_size)
+    if not args.no_bf16:
+        bf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+        generate(bf16, tok, prompts[:2], batch_size=2, **{**kw, "max_new_tokens": 4})  # warm-up
+        t_bf16, batched_bf16 = timed(args.batch_size, bf16)
     tokens_single = sum(g.new_tokens for g in single)
     tokens_batch = sum(g.new_tokens for g in batched)
     identical = sum(a.text == b.text for a, b in zip(single, batched, strict=True))
     stopped = sum(g.stopped for g in batched)
 
     print(
-        f"SmolLM2-135M-Instruct (fp32, CPU, torch threads {torch.get_num_threads()}), {len(prompts)} prompts, "
+        f"SmolLM2-135M-Instruct (fp32 unless named, CPU, torch threads {torch.get_num_threads()}), {len(prompts)} prompts, "
         f"greedy, max_new_tokens {args.max_new_tokens}; {stopped} of {len(prompts)} batched outputs ended at "
         f"the end-of-turn token"
     )
@@ -85,12 +96,23 @@ def main() -> int:
         ("one prompt at a time", 1, t_single, tokens_single),
         ("batched (left padding)", args.batch_size, t_batch, tokens_batch),
     ]
+    if not args.no_bf16:
+        units = "with" if cpu_bf16_supported() else "WITHOUT"
+        rows.append(
+            ("batched, bf16 weights", args.batch_size, t_bf16, sum(g.new_tokens for g in batched_bf16))
+        )
     print(f"{'mode':<24}{'batch':>6}{'seconds':>10}{'out tokens':>12}{'tokens/s':>10}{'vs single':>11}")
     base_rate = tokens_single / t_single
     for name, bs, secs, toks in rows:
         rate = toks / secs
         print(f"{name:<24}{bs:>6}{secs:>10.2f}{toks:>12}{rate:>10.1f}{rate / base_rate:>10.2f}x")
     print(f"identical outputs: {identical} of {len(prompts)}")
+    if not args.no_bf16:
+        same = sum(a.text == b.text for a, b in zip(batched, batched_bf16, strict=True))
+        print(
+            f"bf16 ({units} the CPU's bf16 units): {same} of {len(prompts)} outputs identical to fp32 batched; "
+            f"{sum(g.stopped for g in batched_bf16)} ended at the end-of-turn token"
+        )
     for a, b in zip(single, batched, strict=True):
         if a.text != b.text:
             at = next(

@@ -16,6 +16,11 @@ arm sees identical token ids), same micro-batch and number of optimizer steps; o
 (iii) thinktune: `thinktune.train.build_trainer` with thinktune's default config (padding-free, packed SDPA,
       TRL's chunked loss, LoRA r=16 on all linear layers, lr 2e-4), i.e. what `thinktune train` runs.
 
+On a CPU every arm computes in fp32, as the tutorial and TRL do there; the `thinktune-bf16` arm is thinktune's path
+with the frozen base in bf16 and the adapter in fp32, which `model.dtype=auto` picks on a CPU with bf16 units
+(AVX512-BF16 or AMX; elsewhere bf16 is emulated and the arm shows how much slower that is). Each arm's
+completion loss is computed in its own precision.
+
 The first optimizer step of each arm is a warm-up and not timed. Reported per arm: examples/s, real (non-pad)
 tokens/s, supervised tokens/s (tokens whose label is trained, padding excluded), padding efficiency (real /
 processed positions), peak memory (CUDA: max_memory_allocated; CPU: peak RSS growth over the arm, sampled),
@@ -304,15 +309,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     base = {r["arm"]: r for r in rows}
     tut, trl = base.get("tutorial"), base.get("trl-default")
     head = (
-        "| arm | examples/s | tokens/s | supervised tok/s | padding eff. | peak mem GB | last train loss "
+        "| arm | precision | examples/s | tokens/s | supervised tok/s | padding eff. | peak mem GB | last train loss "
         "| completion loss before → after | guards | × tutorial | × TRL |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         x_tut = r["examples_per_s"] / tut["examples_per_s"] if tut else float("nan")
         x_trl = r["examples_per_s"] / trl["examples_per_s"] if trl else float("nan")
         lines.append(
-            f"| {r['arm']} | {r['examples_per_s']:.3f} | {r['tokens_per_s']:.1f} | "
+            f"| {r['arm']} | {r.get('precision', '')} | {r['examples_per_s']:.3f} | {r['tokens_per_s']:.1f} | "
             f"{r['supervised_tokens_per_s']:.1f} | {r['padding_efficiency']:.3f} | {r['peak_memory_gb']:.2f} | "
             f"{r['last_train_loss']:.4f} | {r['completion_loss_before']:.4f} → {r['completion_loss_after']:.4f} | "
             f"{r['guards']} | {x_tut:.2f} | {x_trl:.2f} |"
@@ -330,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--arms",
         default="tutorial,trl-default,thinktune",
-        help="comma-separated subset, in order (also the ablations thinktune-no-dropout: lora_dropout=0, and "
-        "thinktune-peft-lora: PEFT's own LoRA modules)",
+        help="comma-separated subset, in order (also the ablations thinktune-no-dropout: lora_dropout=0, "
+        "thinktune-peft-lora: PEFT's own LoRA modules, and thinktune-bf16: the base in bf16 on a CPU)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="also write the table (markdown) and rows (JSON) here")
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     from thinktune.formatting.formatter import Formatter
     from thinktune.models.attention import resolve_attention
     from thinktune.models.loading import load_model, load_tokenizer
-    from thinktune.models.precision import resolve_precision
+    from thinktune.models.precision import cpu_bf16_supported, resolve_precision
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
@@ -371,13 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     n = (args.steps + 1) * args.batch
     picked, _ = split_examples(loaded, val_size=0, seed=0, shuffle=True, max_examples=n)
     encoded = doctor.encode_all(fmt, picked)
-    precision = resolve_precision("auto", device)
+    # fp32 on a CPU for every arm but thinktune-bf16, so the arms differ by recipe alone
+    precision = resolve_precision("auto", device, bf16_supported=False if device == "cpu" else None)
+    bf16 = resolve_precision("auto", device, bf16_supported=True)
 
-    def fresh(attention: str = "sdpa") -> Any:
+    def fresh(attention: str = "sdpa", prec: Any = precision) -> Any:
         torch.manual_seed(0)
-        return load_model(mcfg, device=device, precision=precision, attention=attention)
+        return load_model(mcfg, device=device, precision=prec, attention=attention)
 
     base_nll = completion_nll(fresh(), encoded)
+    base_nll_bf16 = completion_nll(fresh(prec=bf16), encoded) if "thinktune-bf16" in args.arms else base_nll
     lengths = sorted(len(e.input_ids) for e in encoded)
     print(
         f"model {args.model} ({model_dir}), {device}, {torch.get_num_threads()} threads; {n} examples "
@@ -438,10 +446,25 @@ def main(argv: list[str] | None = None) -> int:
             str(work / "thinktune-peft"),
             precision,
         ),
+        "thinktune-bf16": lambda: arm_thinktune(
+            tcfg,
+            fresh(
+                resolve_attention(
+                    tcfg.model.attn_implementation, device, padding_free=tcfg.train.padding_free
+                ),
+                bf16,
+            ),
+            tok,
+            encoded,
+            str(work / "thinktune-bf16"),
+            bf16,
+        ),
     }
     rows = []
     for name in args.arms.split(","):
-        row = run_arm(name, builders[name], encoded, base_nll, args.steps, args.batch)
+        before = base_nll_bf16 if name == "thinktune-bf16" else base_nll
+        row = run_arm(name, builders[name], encoded, before, args.steps, args.batch)
+        row["precision"] = (bf16 if name == "thinktune-bf16" else precision).short
         print(
             f"  {name}: {row['examples_per_s']:.3f} examples/s, {row['timed_seconds']:.1f} s timed",
             flush=True,
@@ -453,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs, device {device}"
         + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else "")
         + f"; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
+        + (f"; CPU bf16 units: {'yes' if cpu_bf16_supported() else 'no'}" if device == "cpu" else "")
     )
     print()
     print(env)
