@@ -279,7 +279,9 @@ def fast_path(cfg: Config, model: Any, device: str, *, temperature: float = 1.0)
         if n:
             log.info("LoRA: %d projections computed as one node each (train.lora_kernel)", n)
         else:
-            log.info("LoRA: PEFT's projections (the base and the adapter differ in dtype: no one-node kernel)")
+            log.info(
+                "LoRA: PEFT's projections (the base and the adapter differ in dtype: no one-node kernel)"
+            )
 
 
 @contextlib.contextmanager
