@@ -8,7 +8,14 @@ import json
 import pytest
 import torch
 
-from _train_helpers import arithmetic_rows, read_metrics, single_thread, write_rows
+from _train_helpers import (
+    arithmetic_rows,
+    read_metrics,
+    single_thread,
+    tiny_sections,
+    write_config,
+    write_rows,
+)
 from thinktune.configfile import load_config
 from thinktune.models import precision as P
 from thinktune.train import recipe as T
@@ -48,25 +55,17 @@ def test_the_environment_switch_answers_no(monkeypatch):
 def test_a_bf16_cpu_run_trains_an_fp32_adapter_over_a_frozen_bf16_base(tmp_path, tiny_qwen2_dir, monkeypatch):
     monkeypatch.setattr(P, "cpu_bf16_supported", lambda: True)
     data = write_rows(tmp_path / "arith.jsonl", arithmetic_rows(12))
-    cfg = load_config(
-        None,
-        [
-            f"model.name_or_path={tiny_qwen2_dir}",
-            f"data.source={data}",
-            "data.max_length=128",
-            "data.val_size=4",
-            f"train.output_dir={tmp_path / 'runs'}",
-            "train.run_name=bf16",
-            "train.max_steps=8",
-            "train.per_device_train_batch_size=2",
-            "train.learning_rate=2e-2",
-            "train.warmup_ratio=0",
-            "train.logging_steps=1",
-            "train.eval_steps=8",
-            "train.save_steps=8",
-            "lora.lora_dropout=0",
-        ],
+    sections = tiny_sections(
+        tiny_qwen2_dir,
+        data,
+        tmp_path / "runs",
+        run_name="bf16",
+        learning_rate=2e-2,
+        eval_steps=8,
+        save_steps=8,
     )
+    sections["lora"]["lora_dropout"] = 0.0
+    cfg = load_config(write_config(tmp_path / "bf16.yaml", sections), [])
     trained, load = {}, T.load_model
 
     def keep(*args, **kwargs):  # hold on to the in-memory model to read its dtypes afterwards
