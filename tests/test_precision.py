@@ -17,6 +17,7 @@ from _train_helpers import (
     write_rows,
 )
 from thinktune.configfile import load_config
+from thinktune.errors import ConfigError
 from thinktune.models import precision as P
 from thinktune.train import recipe as T
 from thinktune.train.recipe import train
@@ -45,6 +46,11 @@ def test_auto_asks_the_cpu_only_for_the_cpu(monkeypatch):
 def test_the_environment_switch_answers_no(monkeypatch):
     monkeypatch.setenv("THINKTUNE_CPU_BF16", "0")
     assert P.cpu_bf16_supported() is False
+    monkeypatch.setenv("THINKTUNE_CPU_BF16", "off")
+    assert P.cpu_bf16_supported() is False
+    monkeypatch.setenv("THINKTUNE_CPU_BF16", "fp32")
+    with pytest.raises(ConfigError, match=r"THINKTUNE_CPU_BF16='fp32': use 0 .*model.dtype=float32"):
+        P.cpu_bf16_supported()
     monkeypatch.delenv("THINKTUNE_CPU_BF16")
     # Without the switch the answer is the CPU's: a bool either way, and the same as PyTorch's probes.
     probes = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from thinktune.errors import ConfigError
+
 _SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -43,16 +45,23 @@ def cuda_bf16_supported() -> bool:
 def cpu_bf16_supported() -> bool:
     """The CPU computes bf16 matrix products natively (AVX512-BF16 or AMX tiles).
 
-    There a bf16 product runs about 3x an fp32 one (1,400 x 576 x 1,536, one core of a Zen 5 EPYC: 201 against
-    61 GFLOP/s); without the units PyTorch emulates bf16 and it is slower than fp32. ``THINKTUNE_CPU_BF16=0``
-    answers no (the test suite sets it, so its numbers do not depend on the CPU that runs it).
+    There a bf16 matrix product runs several times an fp32 one (``benchmarks/cpu_matmul.py``); without the units
+    PyTorch emulates bf16 and it is slower than fp32. ``THINKTUNE_CPU_BF16=0`` answers no (the test suite sets it,
+    so its numbers do not depend on the CPU that runs it); unset or ``auto``, the CPU answers.
     """
     import os
 
     import torch
 
-    if os.environ.get("THINKTUNE_CPU_BF16", "").strip() == "0":
+    raw = os.environ.get("THINKTUNE_CPU_BF16", "")
+    value = raw.strip().lower()
+    if value in ("0", "false", "no", "off"):
         return False
+    if value not in ("", "auto"):
+        raise ConfigError(
+            f"THINKTUNE_CPU_BF16={raw!r}: use 0 to keep a CPU in fp32, or leave it unset (bf16 where the CPU has "
+            "bf16 units); model.dtype=float32 keeps one run in fp32"
+        )
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 

@@ -18,9 +18,9 @@ def skinny_head(model: Any) -> Iterator[None]:
 
     For a 49k x 576 head and 6 rows, MKL takes 41 ms for ``F.linear`` and 17 ms for the transposed product (the
     same arithmetic in another order); at one row or at training sizes the two are equal. In bf16 (a CPU with
-    bf16 units) the order loses: ``F.linear`` takes 4.5 ms for 3 rows and the transposed product 6.1 (2 cores of a
-    Zen 5 EPYC). Elsewhere (a GPU, a bf16 head, a biased or missing head, many rows) the head
-    is left alone."""
+    bf16 units) ``F.linear`` is the faster order at 3 and 8 rows (2.9 and 4.3 ms against 5.0 and 4.9 on 2 Zen 5
+    cores, ``benchmarks/cpu_matmul.py``; at one row the transposed order saves 0.7 ms). Elsewhere (a GPU, a bf16
+    head, a biased or missing head, many rows) the head is left alone."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if (
         not isinstance(head, nn.Linear)
