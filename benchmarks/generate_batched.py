@@ -12,17 +12,21 @@ greedy choice; the count says whether it did).
 
 A third row decodes the same prompts batched with the weights in bf16, what `model.dtype=auto` picks on a CPU with
 bf16 units (AVX512-BF16 or AMX); its outputs are compared with the fp32 batched ones. Without the units PyTorch
-emulates bf16 and the row shows how much slower that is (`--no-bf16` leaves it out).
+emulates bf16 and the row shows how much slower that is (`--no-bf16` leaves it out). A fourth row decodes in bf16
+as before thinktune grouped the decoding step's attention (torch's SDPA kernel for every step,
+thinktune.models.fastpath.decoding.grouped_decoding switched off), the baseline of that kernel in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,6 +54,7 @@ def main() -> int:
     from thinktune.formatting.formatter import Formatter
     from thinktune.infer.generate import generate
     from thinktune.models import assets
+    from thinktune.models.fastpath import decoding
     from thinktune.models.precision import cpu_bf16_supported
 
     if args.threads:
@@ -82,6 +87,8 @@ def main() -> int:
         bf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
         generate(bf16, tok, prompts[:2], batch_size=2, **{**kw, "max_new_tokens": 4})  # warm-up
         t_bf16, batched_bf16 = timed(args.batch_size, bf16)
+        with mock.patch.object(decoding, "grouped_decoding", lambda model: contextlib.nullcontext()):
+            t_sdpa, batched_sdpa = timed(args.batch_size, bf16)
     tokens_single = sum(g.new_tokens for g in single)
     tokens_batch = sum(g.new_tokens for g in batched)
     identical = sum(a.text == b.text for a, b in zip(single, batched, strict=True))
@@ -101,6 +108,7 @@ def main() -> int:
         rows.append(
             ("batched, bf16 weights", args.batch_size, t_bf16, sum(g.new_tokens for g in batched_bf16))
         )
+        rows.append(("bf16, SDPA decoding", args.batch_size, t_sdpa, sum(g.new_tokens for g in batched_sdpa)))
     print(f"{'mode':<24}{'batch':>6}{'seconds':>10}{'out tokens':>12}{'tokens/s':>10}{'vs single':>11}")
     base_rate = tokens_single / t_single
     for name, bs, secs, toks in rows:
@@ -112,6 +120,14 @@ def main() -> int:
         print(
             f"bf16 ({units} the CPU's bf16 units): {same} of {len(prompts)} outputs identical to fp32 batched; "
             f"{sum(g.stopped for g in batched_bf16)} ended at the end-of-turn token"
+        )
+        rate = sum(g.new_tokens for g in batched_bf16) / t_bf16
+        rate_sdpa = sum(g.new_tokens for g in batched_sdpa) / t_sdpa
+        same = sum(a.text == b.text for a, b in zip(batched, batched_sdpa, strict=True))
+        print(
+            f"bf16 decoding with the grouped attention: {rate / rate_sdpa:.2f}x the tokens/s of SDPA decoding in "
+            f"this run; SDPA decoding's outputs: {same} of {len(prompts)} identical to fp32 batched, "
+            f"{sum(g.stopped for g in batched_sdpa)} ended at the end-of-turn token"
         )
     for a, b in zip(single, batched, strict=True):
         if a.text != b.text:

@@ -302,23 +302,42 @@ def _ids(tiny, questions):
 
 
 @pytest.mark.parametrize("temperature,top_p,penalty", [(1.0, 1.0, 1.0), (0.7, 0.9, 1.0), (0.8, 0.95, 1.3)])
-def test_group_sampler_draws_what_transformers_draws(tiny, temperature, top_p, penalty):
-    """One prompt, one completion, the same seed: the same tokens as transformers' sampler (the arithmetic of
-    temperature, top-p and repetition penalty is transformers', draw for draw)."""
-    from thinktune.infer.generate import generate_ids, sample_groups
+def test_group_sampler_scores_are_transformers(temperature, top_p, penalty):
+    """The distribution the group sampler draws from is transformers' sampler's: repetition penalty (stop ids
+    exempt, as generate_ids runs it), temperature and top-p, in transformers' order."""
+    import torch
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    model, tok, fmt = tiny
-    prompt = _ids(tiny, QUESTIONS[1:2])
-    kw = dict(
-        stops=[fmt.eot_id],
-        max_new_tokens=24,
-        temperature=temperature,
-        top_p=top_p,
-        repetition_penalty=penalty,
-        seed=11,
-    )
-    want, _ = generate_ids(model, tok, prompt, batch_size=1, **kw)
-    assert sample_groups(model, tok, prompt, 1, **kw) == want
+    from thinktune.infer.generate import _RepetitionPenalty, next_scores
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=gen) * 3
+    history = torch.randint(0, 50, (4, 12), generator=gen)
+    exempt = torch.tensor([3, 7])
+    processors = LogitsProcessorList()
+    if penalty != 1.0:
+        processors.append(_RepetitionPenalty(penalty, [3, 7]))
+    processors += [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)]
+    want = processors(history, logits.clone())
+    got = next_scores(logits, history if penalty != 1.0 else None, penalty, exempt, temperature, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.allclose(got.softmax(-1), want.softmax(-1), atol=1e-6)
+
+
+def test_draw_samples_the_distribution_and_never_a_cut_token():
+    import torch
+
+    from thinktune.infer.generate import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20_000, 1)
+    torch.manual_seed(0)
+    counts = torch.bincount(draw(probs), minlength=6).double() / 20_000
+    assert counts[[0, 2, 5]].sum() == 0  # probability 0 (top-p cut them): never drawn
+    assert torch.allclose(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.015)
+    torch.manual_seed(0)
+    again = draw(probs[:5])
+    torch.manual_seed(0)
+    assert torch.equal(draw(probs[:5]), again)  # seeded
 
 
 def test_group_sampler_greedy_equals_transformers_with_rows_leaving_the_batch(tiny):

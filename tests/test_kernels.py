@@ -416,6 +416,100 @@ def test_lora_kernel_auto_is_fused_off_cuda():
     assert not lora.use_lora_kernel("peft", "cpu")
 
 
+# ------------------------------------------------------------------------------------------ decoding attention
+
+
+def _eager(query, key, value, mask, scaling):
+    """transformers' eager attention for one query position: repeated keys, then the same arithmetic."""
+    rep = query.shape[1] // key.shape[1]
+    k, v = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    scores = torch.matmul(query, k.transpose(2, 3)) * scaling
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masking", ["none", "bool", "additive"])
+def test_grouped_attention_is_eager_attention_without_repeated_keys(dtype, masking):
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    b, h, groups, length, d = 3, 6, 2, 17, 8
+    q = torch.randn(b, h, 1, d, generator=gen).to(dtype)
+    k, v = (torch.randn(b, groups, length, d, generator=gen).to(dtype) for _ in range(2))
+    mask = None
+    if masking != "none":
+        mask = torch.ones(b, 1, 1, length, dtype=torch.bool)
+        mask[0, ..., :5] = False  # a left-padded row
+        if masking == "additive":
+            mask = torch.zeros(b, 1, 1, length, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    got = decoding.grouped_attention(q, k, v, mask, 0.3)
+    assert got.shape == (b, 1, h, d) and got.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(got.float(), _eager(q, k, v, mask, 0.3).float(), atol=tol, rtol=tol)
+    fp32_mask = mask if mask is None or mask.dtype == torch.bool else mask.float()
+    k32, v32 = (x.float().repeat_interleave(h // groups, 1) for x in (k, v))
+    want = F.scaled_dot_product_attention(q.float(), k32, v32, attn_mask=fp32_mask, scale=0.3).transpose(1, 2)
+    assert torch.allclose(got.float(), want, atol=4 * tol, rtol=4 * tol)
+    if mask is not None:  # a masked position takes no weight: changing its value changes nothing
+        v2 = v.clone()
+        v2[0, :, :5] = 1e3
+        assert torch.equal(decoding.grouped_attention(q, k, v2, mask, 0.3), got)
+
+
+def _tiny_causal(tiny_qwen2_dir, dtype):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def test_grouped_decoding_serves_16_bit_decoding_steps_only_and_restores_the_model(
+    tiny_qwen2_dir, monkeypatch
+):
+    """In bf16 on a CPU, each one-token step's attention is the grouped product (logits as with transformers'
+    SDPA, to bf16 rounding); the prefill goes to SDPA; the model's implementation is back afterwards; fp32
+    models are left alone."""
+    from transformers import DynamicCache
+
+    model = _tiny_causal(tiny_qwen2_dir, torch.bfloat16)
+    assert model.config.num_attention_heads != model.config.num_key_value_heads  # grouped-query attention
+    calls = []
+    real = decoding.grouped_attention
+    monkeypatch.setattr(decoding, "grouped_attention", lambda *a: calls.append(a[0].shape) or real(*a))
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, 1000, (2, 9), generator=gen)
+    attention = torch.ones(2, 9, dtype=torch.long)
+    attention[0, :3] = 0  # left padding, as batched generation pads
+
+    def step_logits():
+        cache = DynamicCache()
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=cache)
+        nxt = torch.tensor([[5], [7]])
+        mask = torch.cat([attention, attention.new_ones(2, 1)], dim=1)
+        out = model(
+            input_ids=nxt, attention_mask=mask, position_ids=positions[:, -1:] + 1, past_key_values=cache
+        )
+        return out.logits[:, -1].float()
+
+    with torch.no_grad():
+        want = step_logits()
+        with decoding.grouped_decoding(model):
+            assert model.config._attn_implementation.startswith(decoding.GROUPED_DECODING)
+            got = step_logits()
+    assert model.config._attn_implementation == "sdpa"
+    layers = model.config.num_hidden_layers
+    assert len(calls) == layers and all(shape[2] == 1 for shape in calls)  # decoding steps only, every layer
+    assert torch.allclose(got, want, atol=5e-2, rtol=5e-2)
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    fp32 = _tiny_causal(tiny_qwen2_dir, torch.float32)
+    with decoding.grouped_decoding(fp32):
+        assert fp32.config._attn_implementation == "sdpa"  # torch's fp32 SDPA is as fast: nothing to change
+
+
 # ------------------------------------------------------------------------------------------ decoding head
 
 
