@@ -45,6 +45,14 @@ def test_pairs_take_right_answers_as_chosen_and_wrong_ones_as_rejected():
     assert len(build_pairs(Q, judged, "PROMPT", "<|im_end|>", limit=1)) == 1
 
 
+def test_the_format_order_reads_the_rewards_minimum_reasoning():
+    """A 19-word think block is no reasoning under the default 20 words (format 0: the rejected answer that kept
+    the format goes first); with grpo.min_reasoning_words=5 it counts (format 1)."""
+    short = Generation("p", "x", "w " * 19, "The answer is B.", True, True, True, False, 32)
+    assert judge(Q, short, expect_think=True).format == 0.0
+    assert judge(Q, short, expect_think=True, min_words=5).format == 1.0
+
+
 def test_no_pair_when_every_answer_is_right_or_every_answer_is_wrong():
     right = [judge(Q, gen("The answer is A."), expect_think=True)] * 3
     wrong = [judge(Q, gen("The answer is B."), expect_think=True)] * 3

@@ -281,7 +281,8 @@ class GRPOSection:
     min_reasoning_words: int = _f(
         20,
         "With thinking on, a think block of fewer words counts as not closed for the format and think rewards: "
-        "otherwise a policy learns to open and close an empty block at once (the CPU demo did within 8 steps).",
+        "otherwise a policy learns to open and close an empty block at once (the CPU demo did within 8 steps). "
+        "DPO orders its pairs by the same format reward, with this value.",
     )
     length_buffer: float = _f(
         0.2,

@@ -466,7 +466,9 @@ def sample_groups(
                 torch.manual_seed(seed)
             for step in range(max_new_tokens):
                 scores = next_scores(logits, history, repetition_penalty, exempt, temperature, top_p)
-                chosen = draw(torch.softmax(scores, dim=-1)) if temperature > 0 else torch.argmax(scores, dim=-1)
+                chosen = (
+                    draw(torch.softmax(scores, dim=-1)) if temperature > 0 else torch.argmax(scores, dim=-1)
+                )
                 for row, token in zip(active.tolist(), chosen.tolist(), strict=True):
                     results[row].append(token)
                 done = torch.isin(chosen, stop_ids.to(chosen.device))

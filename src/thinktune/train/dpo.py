@@ -40,7 +40,7 @@ from thinktune.train.callbacks import GracefulStop, LossCurve, MetricsWriter, Pr
 from thinktune.train.checkpoints import save_adapter
 from thinktune.train.failures import NonFiniteGuard
 from thinktune.train.preflight import preflight
-from thinktune.train.rewards import correct_reward, format_reward
+from thinktune.train.rewards import MIN_REASONING_WORDS, correct_reward, format_reward
 from thinktune.train.trainer import fast_path, quiet_renames, training_args, use_gradient_checkpointing
 from thinktune.utils import read_jsonl, seed_everything, write_json, write_jsonl
 
@@ -179,9 +179,15 @@ class Judged:
         return self.generation.stopped  # a cut answer has no end-of-turn token: never a model to follow
 
 
-def judge(question: Question, gen: Generation, *, expect_think: bool) -> Judged:
+def judge(
+    question: Question, gen: Generation, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS
+) -> Judged:
+    """Right or wrong by the one grader, and the format reward GRPO would give it (the rewards' settings, such as
+    ``grpo.min_reasoning_words``, are the grpo section's for both stages)."""
     return Judged(
-        gen, correct_reward(gen, question) == 1.0, format_reward(gen, question, expect_think=expect_think)
+        gen,
+        correct_reward(gen, question) == 1.0,
+        format_reward(gen, question, expect_think=expect_think, min_words=min_words),
     )
 
 
@@ -246,7 +252,10 @@ def sample_pairs(
     all_right = all_wrong = 0
     right_answers = 0
     for i, (q, prompt) in enumerate(zip(questions, prompts, strict=True)):
-        judged = [judge(q, g, expect_think=expect_think) for g in gens[i * d.samples : (i + 1) * d.samples]]
+        judged = [
+            judge(q, g, expect_think=expect_think, min_words=cfg.grpo.min_reasoning_words)
+            for g in gens[i * d.samples : (i + 1) * d.samples]
+        ]
         n_right = sum(j.right for j in judged)
         right_answers += n_right
         all_right += n_right == len(judged)
