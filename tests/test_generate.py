@@ -178,6 +178,42 @@ def test_repetition_penalty_spares_the_stop_tokens(tiny):
     assert not torch.equal(ours[:, think], scores[:, think])
 
 
+def test_generated_scope_leaves_the_prompt_uncounted(tiny):
+    """With repetition_penalty_scope=generated, batched left-padded greedy decoding gives transformers' own
+    penalty with prompt_ignore_length (one prompt at a time), and differs from the penalty over prompt and
+    answer."""
+    import torch
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    from thinktune.infer.generate import generate_ids
+
+    model, tok, fmt = tiny
+    prompts = _ids(tiny, QUESTIONS[:3])
+    kw = dict(stops=[-1], max_new_tokens=16, repetition_penalty=1.5, batch_size=3)
+    got, _ = generate_ids(model, tok, prompts, repetition_penalty_scope="generated", **kw)
+    for prompt, ids in zip(prompts, got, strict=True):
+        x = torch.tensor([prompt])
+        penalty = RepetitionPenaltyLogitsProcessor(1.5, prompt_ignore_length=len(prompt))
+        out = model.generate(
+            input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
+            eos_token_id=[-1], pad_token_id=0, logits_processor=LogitsProcessorList([penalty]),
+        )  # fmt: skip
+        assert out[0, len(prompt) :].tolist() == ids
+    everything, _ = generate_ids(model, tok, prompts, **kw)
+    assert everything != got
+
+
+def test_group_sampler_generated_scope_equals_generate_ids(tiny):
+    from thinktune.infer.generate import generate_ids, sample_groups
+
+    model, tok, fmt = tiny
+    prompts = _ids(tiny, QUESTIONS[:2])
+    kw = dict(stops=[-1], max_new_tokens=12, repetition_penalty=1.5, repetition_penalty_scope="generated")
+    repeated = [p for p in prompts for _ in range(2)]
+    want, _ = generate_ids(model, tok, repeated, batch_size=len(repeated), **kw)
+    assert sample_groups(model, tok, prompts, 2, temperature=0.0, **kw) == want
+
+
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (0.8, 0.9)])
 def test_penalised_decoding_is_transformers_order_of_penalty_temperature_and_top_p(tiny, temperature, top_p):
     """With an exempt id that never occurs, thinktune's processors draw exactly what transformers' own
@@ -242,6 +278,18 @@ def test_backend_selection():
         pick_backend("vllm", vllm_present=True, cuda=False)
     with pytest.raises(GenerationError, match="use auto, hf or vllm"):
         pick_backend("tgi")
+    # vLLM's penalty always counts the prompt: auto takes transformers, an explicit vllm is refused with the fix
+    assert pick_backend("auto", vllm_present=True, cuda=True, prompt_free_penalty=True) == "hf"
+    with pytest.raises(GenerationError, match="repetition_penalty_scope=all, or generation.backend=hf"):
+        pick_backend("vllm", vllm_present=True, cuda=True, prompt_free_penalty=True)
+
+
+def test_prompt_free_penalty_needs_a_penalty_and_the_generated_scope():
+    from thinktune.config import GenerationConfig
+
+    assert GenerationConfig(repetition_penalty=1.15, repetition_penalty_scope="generated").prompt_free_penalty
+    assert not GenerationConfig(repetition_penalty=1.15).prompt_free_penalty
+    assert not GenerationConfig(repetition_penalty_scope="generated").prompt_free_penalty
 
 
 def test_vllm_generator_glue_against_a_stand_in_module(monkeypatch, tiny):

@@ -188,11 +188,23 @@ class GenerationConfig:
         "Penalty > 1 discourages repeating tokens, except the end-of-turn token (every prompt already holds it; "
         "penalised, answers run on past their end).",
     )
+    repetition_penalty_scope: Literal["all", "generated"] = _f(
+        "all",
+        "Which tokens the repetition penalty counts. all: the prompt's and the generated ones (transformers' and "
+        "vLLM's arithmetic). generated: only what the model wrote, so an answer is not pushed away from the "
+        "option letters and terms of its question (transformers backend only).",
+    )
     backend: Literal["auto", "hf", "vllm"] = _f(
         "auto",
-        "Generation engine for eval/compare. auto: vLLM when installed on a CUDA GPU, else transformers. GRPO and "
+        "Generation engine for eval/compare. auto: vLLM when installed on a CUDA GPU (unless "
+        "repetition_penalty_scope=generated asks what only transformers does), else transformers. GRPO and "
         "DPO sample with transformers unless this is vllm (colocated on the training GPU; CUDA only).",
     )
+
+    @property
+    def prompt_free_penalty(self) -> bool:
+        """A penalty that leaves the prompt's tokens uncounted: something only the transformers backend does."""
+        return self.repetition_penalty != 1.0 and self.repetition_penalty_scope == "generated"
 
 
 @dataclass

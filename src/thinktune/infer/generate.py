@@ -152,26 +152,31 @@ def penalize_repeats(scores: Any, history: Any, penalty: float, exempt: Any) -> 
 
 
 class _RepetitionPenalty:
-    """:func:`penalize_repeats` as a transformers logits processor."""
+    """:func:`penalize_repeats` as a transformers logits processor, over each row's ids after the first `skip`
+    (the batch's prompt width, when only generated tokens count)."""
 
-    def __init__(self, penalty: float, exempt: Sequence[int]) -> None:
+    def __init__(self, penalty: float, exempt: Sequence[int], skip: int = 0) -> None:
         import torch
 
-        self.penalty, self.exempt = penalty, torch.tensor(list(exempt), dtype=torch.long)
+        self.penalty, self.skip = penalty, skip
+        self.exempt = torch.tensor(list(exempt), dtype=torch.long)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        return penalize_repeats(scores, input_ids, self.penalty, self.exempt.to(scores.device))
+        return penalize_repeats(
+            scores, input_ids[:, self.skip :], self.penalty, self.exempt.to(scores.device)
+        )
 
 
 def decoding_kwargs(
-    temperature: float, top_p: float, repetition_penalty: float, exempt: Sequence[int] = ()
+    temperature: float, top_p: float, repetition_penalty: float, exempt: Sequence[int] = (), *, skip: int = 0
 ) -> dict[str, Any]:
     """The arguments every ``model.generate`` call gets: everything decoding depends on is set here, so a model's
     own generation_config (R1 ships do_sample=True, temperature 0.6; Qwen3 top_k 20) cannot change greedy
     decoding or add a top-k the user did not ask for (``top_k=None`` would let the model's own back in).
 
-    A repetition penalty other than 1 leaves the `exempt` ids alone (:func:`penalize_repeats`): it then runs as
-    thinktune's processor, followed by the temperature and top-p warpers in the order transformers applies its
+    A repetition penalty other than 1 leaves the `exempt` ids alone (:func:`penalize_repeats`) and does not count
+    each row's first `skip` ids (the prompt, for ``generation.repetition_penalty_scope=generated``): it then runs
+    as thinktune's processor, followed by the temperature and top-p warpers in the order transformers applies its
     own (penalty, temperature, top-p), so the arithmetic is transformers' for every other token."""
     sampling = temperature > 0
     kwargs = {
@@ -184,10 +189,10 @@ def decoding_kwargs(
         # new token re-reads the whole sequence (quadratic time), so the cache is always asked for here.
         "use_cache": True,
     }
-    if repetition_penalty != 1.0 and exempt:
+    if repetition_penalty != 1.0 and (exempt or skip):
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-        processors: list[Any] = [_RepetitionPenalty(repetition_penalty, exempt)]
+        processors: list[Any] = [_RepetitionPenalty(repetition_penalty, exempt, skip)]
         if sampling and temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))
         if sampling and top_p < 1.0:
@@ -247,6 +252,7 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    repetition_penalty_scope: str = "all",
     seed: int = 0,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
@@ -271,6 +277,7 @@ def generate(
         temperature=temperature,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        repetition_penalty_scope=repetition_penalty_scope,
         seed=seed,
         batch_size=batch_size,
         progress=progress,
@@ -301,6 +308,7 @@ def generate_ids(
     temperature: float = 0.0,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    repetition_penalty_scope: str = "all",
     seed: int = 0,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
@@ -309,7 +317,9 @@ def generate_ids(
 ) -> tuple[list[list[int]], bool]:
     """The generated token ids of every tokenized prompt (input order), as the model produced them: up to and
     including the first stop token, or `max_new_tokens` ids without one; and whether Ctrl-C cut a stream.
-    :func:`generate` decodes them; the reinforcement stage trains on them as they are."""
+    :func:`generate` decodes them; the reinforcement stage trains on them as they are. The repetition penalty
+    counts the prompt and the generated ids (`repetition_penalty_scope` ``all``) or the generated ones alone
+    (``generated``)."""
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -319,7 +329,7 @@ def generate_ids(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    decoding = decoding_kwargs(temperature, top_p, repetition_penalty, stops)
+    sampling = temperature > 0
     interrupted = False
     stop_set = set(stops)
     try:
@@ -332,7 +342,9 @@ def generate_ids(
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
-            if decoding["do_sample"]:
+            skip = width if repetition_penalty_scope == "generated" else 0
+            decoding = decoding_kwargs(temperature, top_p, repetition_penalty, stops, skip=skip)
+            if sampling:
                 torch.manual_seed(seed_for_batch(seed, start))
             rows = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
             stream = _TextStream(tokenizer, on_text, stops) if on_text is not None else None
@@ -419,6 +431,7 @@ def sample_groups(
     temperature: float,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    repetition_penalty_scope: str = "all",
     seed: int = 0,
 ) -> list[list[int]]:
     """`group` completions of every tokenized prompt (prompt i's at ``i * group ...``), decoded as
@@ -459,7 +472,11 @@ def sample_groups(
             cache.batch_repeat_interleave(group)
             attention = attention.repeat_interleave(group, dim=0)
             last = positions[:, -1].repeat_interleave(group, dim=0)
-            history = ids.repeat_interleave(group, dim=0) if repetition_penalty != 1.0 else None
+            history = None
+            if repetition_penalty != 1.0:
+                history = ids.repeat_interleave(group, dim=0)
+                if repetition_penalty_scope == "generated":
+                    history = history[:, :0]  # the prompt uncounted: only the drawn tokens join it
             exempt = torch.tensor(list(stops), device=device)
             active = torch.arange(len(results), device=device)
             if temperature > 0:

@@ -81,7 +81,11 @@ class Session:
             )
         if gguf:
             return "hf"
-        return pick_backend(requested, load_in_4bit=self.cfg.model.load_in_4bit)
+        return pick_backend(
+            requested,
+            load_in_4bit=self.cfg.model.load_in_4bit,
+            prompt_free_penalty=self.cfg.generation.prompt_free_penalty,
+        )
 
     def generator(self) -> HFGenerator | VLLMGenerator:
         if self._generator is None:
@@ -112,6 +116,7 @@ class Session:
             "temperature": g.temperature,
             "top_p": g.top_p,
             "repetition_penalty": g.repetition_penalty,
+            "repetition_penalty_scope": g.repetition_penalty_scope,
             "seed": g.seed,
             "batch_size": self.cfg.eval.batch_size,
         }
@@ -188,9 +193,11 @@ def open_run(
     overrides = list(overrides or [])
     check_run_overrides(overrides)
     cfg = validate(load_config(run.config_file, overrides), need_data=False)
-    pick_backend(
-        cfg.generation.backend, load_in_4bit=cfg.model.load_in_4bit
-    )  # an impossible request fails now
+    pick_backend(  # an impossible request fails now
+        cfg.generation.backend,
+        load_in_4bit=cfg.model.load_in_4bit,
+        prompt_free_penalty=cfg.generation.prompt_free_penalty,
+    )
     adapter_dir = run.require_adapter() if adapter else None
     tok = run_tokenizer(run, load_config(run.config_file))
     return Session(
@@ -209,7 +216,11 @@ def open_model(
     """A model (hub id, folder, .gguf, pkg: alias) and optionally a PEFT adapter folder, outside any run."""
     cfg = load_config(config_path, [*(overrides or []), f"model.name_or_path={model}"])
     validate(cfg, need_data=False)
-    pick_backend(cfg.generation.backend, load_in_4bit=cfg.model.load_in_4bit)
+    pick_backend(
+        cfg.generation.backend,
+        load_in_4bit=cfg.model.load_in_4bit,
+        prompt_free_penalty=cfg.generation.prompt_free_penalty,
+    )
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None:
         if not (adapter_dir / "adapter_config.json").is_file():

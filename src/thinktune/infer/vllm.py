@@ -31,12 +31,27 @@ def cuda_available() -> bool:
 
 
 def pick_backend(
-    requested: str, *, vllm_present: bool | None = None, cuda: bool | None = None, load_in_4bit: bool = False
+    requested: str,
+    *,
+    vllm_present: bool | None = None,
+    cuda: bool | None = None,
+    load_in_4bit: bool = False,
+    prompt_free_penalty: bool = False,
 ) -> str:
-    """'hf' or 'vllm' for `generation.backend` (auto, hf, vllm); raises GenerationError for an impossible request."""
+    """'hf' or 'vllm' for `generation.backend` (auto, hf, vllm); raises GenerationError for an impossible request.
+    `prompt_free_penalty` (a repetition penalty that leaves the prompt uncounted) rules vLLM out: its penalty
+    always counts the prompt."""
     if requested not in ("auto", "hf", "vllm"):
         raise GenerationError(f"generation.backend={requested!r}: use auto, hf or vllm")
     if requested == "hf":
+        return "hf"
+    if prompt_free_penalty:
+        if requested == "vllm":
+            raise GenerationError(
+                "generation.backend=vllm with generation.repetition_penalty_scope=generated: vLLM's repetition "
+                "penalty always counts the prompt's tokens; set generation.repetition_penalty_scope=all, or "
+                "generation.backend=hf (transformers, which can leave the prompt uncounted)."
+            )
         return "hf"
     vllm_present = vllm_installed() if vllm_present is None else vllm_present
     cuda = cuda_available() if cuda is None else cuda
@@ -100,6 +115,7 @@ class VLLMGenerator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         repetition_penalty: float = 1.0,
+        repetition_penalty_scope: str = "all",
         seed: int = 0,
         batch_size: int = 8,  # vLLM schedules its own batches
         progress: Callable[[int, int], None] | None = None,
@@ -109,6 +125,9 @@ class VLLMGenerator:
 
         if adapter and not self.adapter_dir:
             raise GenerationError("asked for the tuned model's answers, but no adapter is loaded")
+        if repetition_penalty != 1.0 and repetition_penalty_scope != "all":
+            # refuses, saying why and what to set instead
+            pick_backend("vllm", vllm_present=True, cuda=True, prompt_free_penalty=True)
         stops = stop_token_ids(self.tokenizer, eot_id)
         params = SamplingParams(
             temperature=temperature,

@@ -243,6 +243,7 @@ def sample_pairs(
         temperature=d.temperature,
         top_p=d.top_p,
         repetition_penalty=cfg.generation.repetition_penalty,
+        repetition_penalty_scope=cfg.generation.repetition_penalty_scope,
         seed=cfg.train.seed,
         batch_size=max(cfg.eval.batch_size, d.samples),
         progress=progress,

@@ -209,7 +209,8 @@ def sampling_backend(cfg: Config, device: str) -> str:
         raise GenerationError(
             "generation.backend=vllm cannot sample from a 4-bit (QLoRA) policy; set generation.backend=hf."
         )
-    return pick_backend("vllm")  # refuses clearly when vLLM is not installed
+    # refuses clearly when vLLM is not installed, or cannot decode as the config asks
+    return pick_backend("vllm", prompt_free_penalty=cfg.generation.prompt_free_penalty)
 
 
 def check_batch(cfg: Config, processes: int) -> None:
@@ -272,6 +273,7 @@ def make_rollout(cfg: Config, fmt: Formatter, stats: GenerationStats) -> Any:
             "temperature": g.temperature,
             "top_p": g.top_p,
             "repetition_penalty": cfg.generation.repetition_penalty,
+            "repetition_penalty_scope": cfg.generation.repetition_penalty_scope,
         }
         with torch.random.fork_rng(devices=devices):
             began = time.perf_counter()
