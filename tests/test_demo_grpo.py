@@ -98,3 +98,34 @@ def test_sft_run_belongs_to_the_grpo_demo(tmp_path, capsys):
 
     assert main(["demo", "--sft-run", str(tmp_path)]) == 2
     assert "--sft-run belongs to `thinktune demo grpo`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "penalty, scope, said",
+    [
+        (1.15, "all", "repetition penalty 1.15 over the prompt and the answer"),
+        (1.15, "generated", "repetition penalty 1.15 over the generated tokens"),
+        (1.0, "all", "no repetition penalty"),
+    ],
+)
+def test_the_outcome_says_how_the_three_models_decoded(held_out, tmp_path, penalty, scope, said):
+    """The side by side is only a comparison because all three decode alike; the printout says how."""
+    import io
+
+    from thinktune.demo import MODELS, print_grpo_outcome
+
+    records = [record(q, answered(q, f"The answer is {q.answer}."), tokenize) for q in held_out]
+    scores = held_out_scores(records, held_out)
+    outcome = {
+        "held_out": {m: scores for m in MODELS},
+        "decoding": {"max_new_tokens": 448, "repetition_penalty": penalty, "repetition_penalty_scope": scope},
+        "reward_first_quarter": 0.5,
+        "reward_last_quarter": 0.75,
+        "warnings": [],
+        "timings_s": {"total_s": 300.0, "grpo_s": 200.0, "compare_s": 100.0},
+    }
+    out = io.StringIO()
+    print_grpo_outcome(RunDir(tmp_path), outcome, tmp_path / "report.html", out=out)
+    text = out.getvalue()
+    assert f"the same greedy decoding for all three: at most 448 new tokens, {said}\n" in text
+    assert "mean reward: 0.500 over the first quarter" in text

@@ -229,7 +229,13 @@ def run_grpo_demo(
     from thinktune.evals.mcq import Question
 
     questions = [Question.from_example(e, i) for i, e in enumerate(run.examples("validation"))]
-    record = grpo_demo_record(sft, run, rows, questions, timings)
+    g = cfg.generation
+    decoding = {
+        "max_new_tokens": g.max_new_tokens,
+        "repetition_penalty": g.repetition_penalty,
+        "repetition_penalty_scope": g.repetition_penalty_scope,
+    }
+    record = grpo_demo_record(sft, run, rows, questions, timings, decoding)
     write_json(run.path / "demo_grpo.json", record)
     print_grpo_outcome(run, record, report, out=out)
     return run
@@ -297,9 +303,15 @@ def held_out_scores(records: Sequence[Any], questions: Sequence[Any]) -> dict[st
 
 
 def grpo_demo_record(
-    sft: RunDir, run: RunDir, rows: dict[str, list[Any]], questions: Sequence[Any], timings: dict[str, float]
+    sft: RunDir,
+    run: RunDir,
+    rows: dict[str, list[Any]],
+    questions: Sequence[Any],
+    timings: dict[str, float],
+    decoding: dict[str, Any],
 ) -> dict[str, Any]:
-    """What the GRPO demo measured (demo_grpo.json): the held-out scores per model and the reward over the run."""
+    """What the GRPO demo measured (demo_grpo.json): the held-out scores per model, how they were decoded, and the
+    reward over the run."""
     records = run.metrics_records()
     rewards = [r["reward"] for r in records if isinstance(r.get("reward"), (int, float))]
     quarter = max(1, len(rewards) // 4)
@@ -308,6 +320,7 @@ def grpo_demo_record(
         "sft_run": str(sft.path),
         "run": str(run.path),
         "timings_s": timings,
+        "decoding": decoding,
         "steps": summary.steps,
         "reward_first_quarter": sum(rewards[:quarter]) / quarter if rewards else None,
         "reward_last_quarter": sum(rewards[-quarter:]) / quarter if rewards else None,
@@ -336,9 +349,20 @@ def print_grpo_outcome(
         s = held[m]
         acc = f"{s['correct']}/{n} = {s['accuracy']:.0%} [{s['ci95'][0]:.0%}, {s['ci95'][1]:.0%}]"
         print(f"{m:<10} {s['think_closed']:>13.0%} {s['named_option']:>17.0%} {acc:>28}", file=out)
+    d = record["decoding"]
+    penalty = (
+        f"repetition penalty {d['repetition_penalty']:g} over "
+        + ("the prompt and the answer" if d["repetition_penalty_scope"] == "all" else "the generated tokens")
+        if d["repetition_penalty"] != 1.0
+        else "no repetition penalty"
+    )
+    print(
+        f"\nthe same greedy decoding for all three: at most {d['max_new_tokens']} new tokens, {penalty}",
+        file=out,
+    )
     base = held[MODELS[0]]["random_baseline"]
     print(
-        f"\nrandom guessing: {base:.0%}. An accuracy whose interval includes it shows no medical skill: a 135M model "
+        f"random guessing: {base:.0%}. An accuracy whose interval includes it shows no medical skill: a 135M model "
         "learns the format here (closing the think block, naming one option), not medicine.",
         file=out,
     )
