@@ -180,6 +180,25 @@ def test_the_think_reward_pays_for_a_closed_block_even_when_the_answer_is_cut(fa
         assert cols["think"] == [1.0, 0.0]  # the signal that tells the two apart
 
 
+def test_the_option_reward_pays_for_naming_one_option_even_when_the_answer_runs_on(family):
+    _, tok, fmt = family
+    s = scorer(tok, fmt, MCQ, max_len=48, weights={"format": 1.0, "option": 1.0})
+    prompt = fmt.prompt(MCQ.message)
+    named_then_cut = emit(tok, fmt, completion(fmt, "Inferior leads.", "The answer is A. " + "word " * 200))
+    free_text_cut = emit(tok, fmt, completion(fmt, "Inferior leads.", "It is inferior. " + "word " * 200))
+    two_named = emit(tok, fmt, completion(fmt, "Inferior leads.", "A or B."))
+    cols = s.score([prompt] * 3, [named_then_cut[:48], free_text_cut[:48], two_named], [0, 0, 0])
+    assert s.names == ["format", "option"]
+    assert cols["format"][:2] == [0.0, 0.0]  # cut: no format reward, named or not
+    assert cols["option"] == [1.0, 0.0, 0.0]  # the naming alone, one option only
+    if fmt.reasoning != "drop":  # a never-closed block has no answer to name an option in
+        never_closed = emit(tok, fmt, completion(fmt, "word " * 200, "The answer is A."))[:48]
+        assert s.score([prompt], [never_closed], [0])["option"] == [0.0]
+    open_ended = scorer(tok, fmt, OPEN, weights={"option": 1.0})
+    said = emit(tok, fmt, completion(fmt, "A whoop after coughing fits.", "Bordetella pertussis."))
+    assert open_ended.score([fmt.prompt(OPEN.message)], [said], [0])["option"] == [0.0]  # no options to name
+
+
 def test_an_empty_think_block_or_an_answer_of_markup_earns_no_format_or_think_reward(family):
     """What a policy found within 8 steps of the CPU demo: '<think></think></thought>' (an empty block closed at
     once, then a tag). Thinking on, fewer than grpo.min_reasoning_words words of reasoning is no reasoning; an

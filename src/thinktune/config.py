@@ -287,7 +287,8 @@ class GRPOSection:
         "Weight of each reward in the sum GRPO normalises per group; each is logged apart. correct: the grader's "
         "option (or the reference answer) is right; format: think block closed, a non-empty answer naming one "
         "option, the end-of-turn token; think: the think block closed, even if the answer after it is cut (teaches a "
-        "model with long reasoning to close it within max_completion_length; off unless given); length: a soft "
+        "model with long reasoning to close it within max_completion_length; off unless given); option: the answer "
+        "after the closed think block names one option, even if it then runs on (off unless given); length: a soft "
         "penalty near max_completion_length. 0 turns one off.",
     )
     min_reasoning_words: int = _f(
@@ -452,7 +453,7 @@ def validate(cfg: Config, *, need_model: bool = True, need_data: bool = True) ->
 
 
 #: The rewards `thinktune grpo` knows (rewards.py in the train layer computes each).
-REWARD_NAMES = ("correct", "format", "think", "length")
+REWARD_NAMES = ("correct", "format", "think", "option", "length")
 
 
 def _rl_problems(cfg: Config) -> list[str]:

@@ -15,6 +15,8 @@ grader, :func:`thinktune.evals.grading.grade`.
 - :func:`think_reward`    1 when the think block is closed as expected (:func:`think_ok`), even when the answer
   after it is then cut at the limit: the signal that teaches a model with long reasoning to close it in time
   (off by default; the CPU demo turns it on).
+- :func:`option_reward`   1 when the answer after the closed think block names exactly one option, even when it
+  then runs on to the limit: the naming part of `format` on its own (off by default).
 - :func:`length_reward`   DAPO's soft overlong punishment: 0 up to (1 - buffer) x the limit, then a ramp down to
   -1 at the limit; a completion cut at the limit scores -1.
 
@@ -102,6 +104,15 @@ def format_reward(
 def think_reward(gen: Generation, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS) -> float:
     """1.0 when the think block is closed as expected (:func:`think_ok`), whatever follows it; else 0.0."""
     return 1.0 if think_ok(gen, expect_think=expect_think, min_words=min_words) else 0.0
+
+
+def option_reward(
+    gen: Generation, question: Question, *, expect_think: bool, min_words: int = MIN_REASONING_WORDS
+) -> float:
+    """1.0 when the think block is closed as expected (:func:`think_ok`) and the answer after it names exactly one
+    option (:func:`names_option`), whatever follows; else 0.0 (and always 0.0 for an open-ended question)."""
+    ok = think_ok(gen, expect_think=expect_think, min_words=min_words) and names_option(question, gen)
+    return 1.0 if ok else 0.0
 
 
 def correct_reward(gen: Generation, question: Question) -> float:
@@ -272,6 +283,10 @@ class RewardScorer:
             if "think" in columns:
                 values["think"] = think_reward(
                     g, expect_think=self.expect_think, min_words=self.min_reasoning_words
+                )
+            if "option" in columns:
+                values["option"] = option_reward(
+                    g, q, expect_think=self.expect_think, min_words=self.min_reasoning_words
                 )
             if "length" in columns:
                 values["length"] = length_reward(
