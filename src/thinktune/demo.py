@@ -218,7 +218,7 @@ def run_grpo_demo(
     )
     run = grpo(cfg)
     trained = time.perf_counter()
-    rows = side_by_side(sft, run)
+    rows, decoding = side_by_side(sft, run)
     compared = time.perf_counter()
     report = write_report(run.path)
     timings = {
@@ -229,22 +229,16 @@ def run_grpo_demo(
     from thinktune.evals.mcq import Question
 
     questions = [Question.from_example(e, i) for i, e in enumerate(run.examples("validation"))]
-    g = cfg.generation
-    decoding = {
-        "max_new_tokens": g.max_new_tokens,
-        "repetition_penalty": g.repetition_penalty,
-        "repetition_penalty_scope": g.repetition_penalty_scope,
-    }
     record = grpo_demo_record(sft, run, rows, questions, timings, decoding)
     write_json(run.path / "demo_grpo.json", record)
     print_grpo_outcome(run, record, report, out=out)
     return run
 
 
-def side_by_side(sft: RunDir, grpo_run: RunDir) -> dict[str, list[Any]]:
+def side_by_side(sft: RunDir, grpo_run: RunDir) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """The GRPO run's held-out questions answered by the base model, the SFT adapter and the SFT+GRPO adapter,
     greedily, in the same batches (one pass, each row with its own adapter); graded by the one grader.
-    The records go to demo_grpo.jsonl."""
+    The records go to demo_grpo.jsonl; returned with the decoding all three used."""
     from thinktune.evals.evaluate import record, tokenizer_fn
     from thinktune.evals.mcq import Question
     from thinktune.infer.generate import generate
@@ -276,7 +270,7 @@ def side_by_side(sft: RunDir, grpo_run: RunDir) -> dict[str, list[Any]]:
     write_jsonl(
         grpo_run.path / "demo_grpo.jsonl", ({"model": m, **r.to_dict()} for m in MODELS for r in rows[m])
     )
-    return rows
+    return rows, session.decoding_summary()
 
 
 def held_out_scores(records: Sequence[Any], questions: Sequence[Any]) -> dict[str, Any]:

@@ -81,11 +81,7 @@ class Session:
             )
         if gguf:
             return "hf"
-        return pick_backend(
-            requested,
-            load_in_4bit=self.cfg.model.load_in_4bit,
-            prompt_free_penalty=self.cfg.generation.prompt_free_penalty,
-        )
+        return config_backend(self.cfg)
 
     def generator(self) -> HFGenerator | VLLMGenerator:
         if self._generator is None:
@@ -158,6 +154,15 @@ class Session:
 # ------------------------------------------------------------------------------------------ opening
 
 
+def config_backend(cfg: Config) -> str:
+    """The generation backend a config gets (:func:`pick_backend` with everything in it that rules vLLM out)."""
+    return pick_backend(
+        cfg.generation.backend,
+        load_in_4bit=cfg.model.load_in_4bit,
+        prompt_free_penalty=cfg.generation.prompt_free_penalty,
+    )
+
+
 def check_run_overrides(overrides: list[str]) -> None:
     """Refuse overrides that would prompt a finished run's model differently from training."""
     for text in overrides:
@@ -193,11 +198,7 @@ def open_run(
     overrides = list(overrides or [])
     check_run_overrides(overrides)
     cfg = validate(load_config(run.config_file, overrides), need_data=False)
-    pick_backend(  # an impossible request fails now
-        cfg.generation.backend,
-        load_in_4bit=cfg.model.load_in_4bit,
-        prompt_free_penalty=cfg.generation.prompt_free_penalty,
-    )
+    config_backend(cfg)  # an impossible request fails now
     adapter_dir = run.require_adapter() if adapter else None
     tok = run_tokenizer(run, load_config(run.config_file))
     return Session(
@@ -216,11 +217,7 @@ def open_model(
     """A model (hub id, folder, .gguf, pkg: alias) and optionally a PEFT adapter folder, outside any run."""
     cfg = load_config(config_path, [*(overrides or []), f"model.name_or_path={model}"])
     validate(cfg, need_data=False)
-    pick_backend(
-        cfg.generation.backend,
-        load_in_4bit=cfg.model.load_in_4bit,
-        prompt_free_penalty=cfg.generation.prompt_free_penalty,
-    )
+    config_backend(cfg)
     adapter_dir = Path(adapter) if adapter else None
     if adapter_dir is not None:
         if not (adapter_dir / "adapter_config.json").is_file():

@@ -30,6 +30,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+#: Why vLLM cannot decode with generation.repetition_penalty_scope=generated, and what to set instead.
+PROMPT_COUNTED = (
+    "generation.backend=vllm with generation.repetition_penalty_scope=generated: vLLM's repetition penalty always "
+    "counts the prompt's tokens; set generation.repetition_penalty_scope=all, or generation.backend=hf "
+    "(transformers, which can leave the prompt uncounted)."
+)
+
+
 def pick_backend(
     requested: str,
     *,
@@ -47,11 +55,7 @@ def pick_backend(
         return "hf"
     if prompt_free_penalty:
         if requested == "vllm":
-            raise GenerationError(
-                "generation.backend=vllm with generation.repetition_penalty_scope=generated: vLLM's repetition "
-                "penalty always counts the prompt's tokens; set generation.repetition_penalty_scope=all, or "
-                "generation.backend=hf (transformers, which can leave the prompt uncounted)."
-            )
+            raise GenerationError(PROMPT_COUNTED)
         return "hf"
     vllm_present = vllm_installed() if vllm_present is None else vllm_present
     cuda = cuda_available() if cuda is None else cuda
@@ -126,8 +130,7 @@ class VLLMGenerator:
         if adapter and not self.adapter_dir:
             raise GenerationError("asked for the tuned model's answers, but no adapter is loaded")
         if repetition_penalty != 1.0 and repetition_penalty_scope != "all":
-            # refuses, saying why and what to set instead
-            pick_backend("vllm", vllm_present=True, cuda=True, prompt_free_penalty=True)
+            raise GenerationError(PROMPT_COUNTED)
         stops = stop_token_ids(self.tokenizer, eot_id)
         params = SamplingParams(
             temperature=temperature,
