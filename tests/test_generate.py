@@ -388,21 +388,78 @@ def test_draw_samples_the_distribution_and_never_a_cut_token():
     assert torch.equal(draw(probs[:5]), again)  # seeded
 
 
+def _transformers_greedy(model, prompts, stop, max_new_tokens, penalty=1.0):
+    """transformers' own batched greedy generate (left-padded), each row cut after its first `stop`."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[stop],
+        pad_token_id=0, repetition_penalty=penalty,
+    )  # fmt: skip
+    rows = [row[width:].tolist() for row in out]
+    return [row[: row.index(stop) + 1] if stop in row else row for row in rows]
+
+
 def test_group_sampler_greedy_equals_transformers_with_rows_leaving_the_batch(tiny):
     """Greedy, prompts of different lengths repeated as GRPO's groups, and a stop token one row reaches early
     (it leaves the batch; the others go on): the same ids as transformers' batched generate."""
-    from thinktune.infer.generate import generate_ids, sample_groups
+    from thinktune.infer.generate import sample_groups
 
     model, tok, fmt = tiny
     prompts = _ids(tiny, QUESTIONS[:3])
-    first, _ = generate_ids(model, tok, prompts[:1], stops=[-1], max_new_tokens=12, batch_size=1)
-    stop = first[0][4]  # prompt 0's fifth greedy token: its rows stop there
+    stop = _transformers_greedy(model, prompts[:1], -1, 12)[0][
+        4
+    ]  # prompt 0's fifth token: its rows stop there
     repeated = [p for p in prompts for _ in range(3)]
-    want, _ = generate_ids(model, tok, repeated, stops=[stop], max_new_tokens=12, batch_size=len(repeated))
+    want = _transformers_greedy(model, repeated, stop, 12)
     got = sample_groups(model, tok, prompts, 3, stops=[stop], max_new_tokens=12, temperature=0.0)
     assert got == want
     assert [len(x) for x in got[:3]] == [5, 5, 5] and got[0][-1] == stop
     assert all(len(x) == 12 or x[-1] == stop for x in got)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_generate_ids_is_transformers_without_decoding_the_finished_rows(tiny, monkeypatch, penalty):
+    """Greedy decoding without a stream or mixed adapters runs thinktune's own loop (transformers' generate is
+    not called): the ids of transformers' batched generate, a row that stops leaving the batch. A model whose
+    generation_config adds a processor of its own (here a sequence bias) still decodes through generate."""
+    import torch
+
+    from thinktune.infer.generate import generate_ids
+
+    model, tok, fmt = tiny
+    prompts = _ids(tiny, QUESTIONS[:4])
+    free = _transformers_greedy(model, prompts, -1, 10, penalty)
+    # a stop token some row reaches after its first step and another row never writes
+    stop = next(t for row in free for t in row[1:] if any(t not in other for other in free))
+    order = sorted(
+        range(len(prompts)), key=lambda i: -len(prompts[i])
+    )  # generate_ids' batches: longest first
+    want = _transformers_greedy(model, [prompts[i] for i in order], stop, 10, penalty)
+    want = [want[order.index(i)] for i in range(len(prompts))]
+    widths = []
+    real_forward = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape[0]) or real_forward(*a, **k)
+    )
+    calls = []
+    real_generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    got, _ = generate_ids(
+        model, tok, prompts, stops=[stop], max_new_tokens=10, batch_size=4, repetition_penalty=penalty
+    )
+    assert got == want and not calls
+    assert any(len(g) < 10 for g in got) and min(widths) < max(widths) == 4  # the stopped row left the batch
+    model.generation_config.sequence_bias = {(stop,): -100.0}
+    try:
+        biased, _ = generate_ids(model, tok, prompts, stops=[stop], max_new_tokens=10, batch_size=4)
+    finally:
+        model.generation_config.sequence_bias = None
+    assert calls and all(stop not in g for g in biased)
+    assert torch.is_grad_enabled()
 
 
 def test_group_sampler_is_seeded_and_groups_differ(tiny):

@@ -409,6 +409,64 @@ def test_fused_lora_falls_back_to_peft_where_it_does_not_apply(tmp_path, tiny_qw
             lora.LoraLinear.apply = saved
 
 
+def _lora_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_merged_lora_decodes_the_adapted_model_and_leaves_it_as_it_was(tmp_path, tiny_qwen2_dir, fused):
+    """Inside merged_lora every projection is one product with W + scale * B A: the adapted model's logits (to
+    fp32 rounding); afterwards each module has the forward it had and no weight moved, base or adapter."""
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    model = _peft_tiny(tmp_path, tiny_qwen2_dir).eval()
+    if fused:
+        lora.fuse_lora_linears(model)
+    adapted = [m for m in model.modules() if hasattr(m, "lora_A")]
+    forwards = [vars(m).get("forward") for m in adapted]
+    before = _lora_state(model)
+    calls = []
+    real = lora.LoraLinear.apply
+    lora.LoraLinear.apply = lambda *a: calls.append(1) or real(*a)
+    try:
+        with torch.no_grad():
+            want = model(input_ids=ids).logits
+            calls.clear()
+            with lora.merged_lora(model) as merged:
+                assert merged == 7 * model.config.num_hidden_layers == len(adapted)
+                got = model(input_ids=ids).logits
+                mixed = model(input_ids=ids, adapter_names=["__base__", "default"]).logits
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+    finally:
+        lora.LoraLinear.apply = real
+    assert not calls  # no LoRA product ran apart from its base while merged
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, base, atol=1e-4)
+    # a mixed batch is the module's own forward: row 0 without the adapter, row 1 with it
+    assert torch.allclose(mixed[0], base[0], atol=1e-5) and torch.allclose(mixed[1], want[1], atol=1e-5)
+    assert [vars(m).get("forward") for m in adapted] == forwards
+    after = _lora_state(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_merged_lora_merges_nothing_it_cannot_serve(tmp_path, tiny_qwen2_dir):
+    model = _peft_tiny(tmp_path, tiny_qwen2_dir).eval()
+    with lora.merged_lora(model) as merged:  # gradients on: training needs the factors apart
+        assert merged == 0
+    with torch.no_grad():
+        with lora.merged_lora(model, budget=0) as merged:  # copies over the memory budget
+            assert merged == 0
+        with model.disable_adapter(), lora.merged_lora(model) as merged:  # the base model decodes
+            assert merged == 0
+        with decoding.decoding_kernels(model, merge=False):  # rows with different adapters
+            assert not [m for m in model.modules() if "forward" in vars(m) and hasattr(m, "lora_A")]
+        model.to(torch.bfloat16)  # rounding W + scale * B A to 16 bits would be another model
+        with lora.merged_lora(model) as merged:
+            assert merged == 0
+    dora = _peft_tiny(tmp_path / "dora", tiny_qwen2_dir, use_dora=True).eval()
+    with torch.no_grad(), lora.merged_lora(dora) as merged:
+        assert merged == 0
+
+
 def test_lora_kernel_auto_is_fused_off_cuda():
     assert lora.use_lora_kernel("auto", "cpu")
     assert not lora.use_lora_kernel("auto", "cuda:0")

@@ -320,8 +320,6 @@ def generate_ids(
     :func:`generate` decodes them; the reinforcement stage trains on them as they are. The repetition penalty
     counts the prompt and the generated ids (`repetition_penalty_scope` ``all``) or the generated ones alone
     (``generated``)."""
-    import torch
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     # Longest first: similar lengths share a batch (less padding), and an OOM shows up on the first batch.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -330,42 +328,31 @@ def generate_ids(
     was_training = model.training
     model.eval()
     sampling = temperature > 0
+    # Greedy decoding without a stream or mixed adapters goes through the group sampler: the same ids as
+    # transformers' generate (tests/test_generate.py), with each finished row leaving the batch where generate
+    # decodes it as padding until the batch's longest answer ends.
+    own_loop = not sampling and on_text is None and adapter_names is None and not _config_processors(model)
     interrupted = False
     stop_set = set(stops)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-                attention[row, width - len(ids) :] = 1
-            skip = width if repetition_penalty_scope == "generated" else 0
-            decoding = decoding_kwargs(temperature, top_p, repetition_penalty, stops, skip=skip)
-            if sampling:
-                torch.manual_seed(seed_for_batch(seed, start))
-            rows = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
-            stream = _TextStream(tokenizer, on_text, stops) if on_text is not None else None
-            if stream is not None:
-                rows["streamer"] = stream
-            try:
-                with torch.no_grad(), decoding_kernels(model):
-                    out = model.generate(
-                        input_ids=input_ids.to(device),
-                        attention_mask=attention.to(device),
-                        max_new_tokens=max_new_tokens,
-                        eos_token_id=list(stops),
-                        pad_token_id=pad_id,
-                        **decoding,
-                        **rows,
-                    )
-                new_rows = [out[row, width:].tolist() for row in range(len(idx))]
-            except KeyboardInterrupt:
-                if stream is None:
-                    raise
-                new_rows, interrupted = [stream.ids], True
+            if own_loop:
+                new_rows = sample_groups(
+                    model, tokenizer, [encoded[i] for i in idx], 1, stops=stops, max_new_tokens=max_new_tokens,
+                    temperature=0.0, repetition_penalty=repetition_penalty,
+                    repetition_penalty_scope=repetition_penalty_scope,
+                )  # fmt: skip
+            else:
+                new_rows, cut = _generate_batch(
+                    model, tokenizer, [encoded[i] for i in idx], pad_id=pad_id, device=device, stops=stops,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                    repetition_penalty=repetition_penalty, repetition_penalty_scope=repetition_penalty_scope,
+                    seed=seed_for_batch(seed, start) if sampling else None,
+                    adapter_names=[adapter_names[i] for i in idx] if adapter_names is not None else None,
+                    on_text=on_text,
+                )  # fmt: skip
+                interrupted = interrupted or cut
             for row, i in enumerate(idx):
                 new = new_rows[row]
                 # Everything after the first stop token is padding.
@@ -377,6 +364,74 @@ def generate_ids(
         if was_training:
             model.train()
     return [r if r is not None else [] for r in results], interrupted
+
+
+# generation_config fields with which transformers' greedy decoding adds a logits processor of the model's own
+# (their defaults add none); a model that sets one decodes through transformers' generate, which applies it.
+_PROCESSOR_FIELDS = (
+    "sequence_bias", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id",
+    "forced_eos_token_id", "forced_decoder_ids", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "min_length", "min_new_tokens", "exponential_decay_length_penalty", "watermarking_config",
+)  # fmt: skip
+
+
+def _config_processors(model: Any) -> list[str]:
+    """The fields of `model`'s generation_config that would add a logits processor to greedy decoding."""
+    config = getattr(model, "generation_config", None)
+    return [f for f in _PROCESSOR_FIELDS if config is not None and getattr(config, f, None)]
+
+
+def _generate_batch(
+    model: Any,
+    tokenizer: Any,
+    batch: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: Any,
+    stops: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    repetition_penalty: float,
+    repetition_penalty_scope: str,
+    seed: int | None,
+    adapter_names: list[str] | None,
+    on_text: Callable[[str], None] | None,
+) -> tuple[list[list[int]], bool]:
+    """One left-padded batch through transformers' generate (sampling, a stream, mixed adapters): each row's new
+    ids, and whether Ctrl-C cut the stream."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    skip = width if repetition_penalty_scope == "generated" else 0
+    decoding = decoding_kwargs(temperature, top_p, repetition_penalty, stops, skip=skip)
+    if seed is not None:
+        torch.manual_seed(seed)
+    rows: dict[str, Any] = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    stream = _TextStream(tokenizer, on_text, stops) if on_text is not None else None
+    if stream is not None:
+        rows["streamer"] = stream
+    try:
+        with torch.no_grad(), decoding_kernels(model, merge=adapter_names is None):
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=list(stops),
+                pad_token_id=pad_id,
+                **decoding,
+                **rows,
+            )
+    except KeyboardInterrupt:
+        if stream is None:
+            raise
+        return [stream.ids], True
+    return [out[row, width:].tolist() for row in range(len(batch))], False
 
 
 def _top_p(scores: Any, top_p: float) -> Any:

@@ -1,5 +1,6 @@
-"""Decoding on a CPU: the output head as ``(W @ x^T)^T`` for the few rows a generation step projects, and the
-one-query attention of a 16-bit decoding step as a grouped product (:func:`decoding_kernels` enters both)."""
+"""Decoding on a CPU: the output head as ``(W @ x^T)^T`` for the few rows a generation step projects, the
+one-query attention of a 16-bit decoding step as a grouped product, and LoRA projections merged into one weight
+(:func:`decoding_kernels` enters all three)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from thinktune.models.attention import PACKED_SDPA
+from thinktune.models.fastpath.lora import merged_lora
 
 SKINNY_ROWS = 64  # up to this many rows, W @ x^T beats x @ W^T for a large CPU head (measured, 2 cores)
 GROUPED_DECODING = "thinktune_grouped_decoding"  # registered with transformers, per wrapped implementation
@@ -18,9 +20,14 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 @contextlib.contextmanager
-def decoding_kernels(model: Any) -> Iterator[None]:
-    """The CPU decoding kernels of this module around a generation loop (each leaves alone what it cannot serve)."""
-    with skinny_head(model), grouped_decoding(model):
+def decoding_kernels(model: Any, *, merge: bool = True) -> Iterator[None]:
+    """The CPU decoding kernels around a generation loop (each leaves alone what it cannot serve); `merge` False
+    keeps the LoRA projections apart (a batch whose rows use different adapters)."""
+    with (
+        skinny_head(model),
+        grouped_decoding(model),
+        merged_lora(model) if merge else contextlib.nullcontext(),
+    ):
         yield
 
 

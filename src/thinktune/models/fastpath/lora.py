@@ -13,12 +13,20 @@ scale`` as five autograd nodes, with two extra passes over the ``tokens x out`` 
 sum) and more backward. :class:`LoraLinear` is one node: the LoRA product is accumulated into the base
 projection's output by ``addmm_``, and the backward adds the adapter's input gradient into the base one the same
 way. The arithmetic is PEFT's; only the passes over memory go.
+
+**Merged projections while decoding** (:func:`merged_lora`). Generating never needs the adapter apart from its
+base: a decoding step with ``W + scale * B A`` as one weight is one product per projection instead of three (on
+2 EPYC cores in fp32, 8 sampled SmolLM2 completions with the demo's 210 adapted projections: 1.25x the tokens a
+second, ``benchmarks/generate_batched.py``). The merged weights are temporary copies: the base weights and the
+adapter are never written, so training goes on from exactly the weights it had.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -252,3 +260,68 @@ def fuse_lora_linears(model: nn.Module) -> int:
             module.forward = types.MethodType(_lora_fast_forward, module)
             fused += 1
     return fused
+
+
+# ------------------------------------------------------------------------------------------ merged decoding
+
+MERGE_BUDGET_BYTES = 1 << 30  # merged copies beyond this stay unmerged: the copies are memory no plan counted
+
+
+def _mergeable(module: Any) -> str | None:
+    """The adapter a PEFT ``lora.Linear`` would merge for decoding: one active plain LoRA adapter (no DoRA or
+    other variant, no LoRA bias), unmerged and enabled, on an fp32 ``nn.Linear`` on a CPU with fp32 factors.
+    A 16-bit base stays unmerged: rounding ``W + scale * B A`` to 16 bits would decode another model than the
+    one the adapter's fp32 factors describe."""
+    base = module.base_layer
+    active = module.active_adapters
+    if module.merged or module.disable_adapters or len(active) != 1 or type(base) is not nn.Linear:
+        return None
+    name = active[0]
+    if name not in module.lora_A or name in module.lora_variant or module.lora_B[name].bias is not None:
+        return None
+    weights = (base.weight, module.lora_A[name].weight, module.lora_B[name].weight)
+    if any(w.device.type != "cpu" or w.dtype != torch.float32 for w in weights):
+        return None
+    return name
+
+
+@contextlib.contextmanager
+def merged_lora(model: nn.Module, budget: int = MERGE_BUDGET_BYTES) -> Iterator[int]:
+    """While generating on a CPU without gradients, compute each mergeable LoRA projection (:func:`_mergeable`)
+    as ``x (W + scale * B A)^T + b`` with a temporary merged copy of its weight; yields how many were merged.
+    Calls the merged forward cannot serve (gradients on, PEFT's ``adapter_names`` mixed batches) take the
+    module's own forward. Nothing is merged when the copies would exceed `budget` bytes."""
+    from peft.tuners.lora.layer import Linear as LoraLinearLayer
+
+    chosen = []
+    if not torch.is_grad_enabled():
+        for module in model.modules():
+            if type(module) is LoraLinearLayer and (name := _mergeable(module)) is not None:
+                chosen.append((module, name))
+    if sum(m.base_layer.weight.numel() * 4 for m, _ in chosen) > budget:
+        chosen = []
+    saved = []
+    try:
+        for module, name in chosen:
+            with torch.no_grad():
+                weight = module.base_layer.weight + module.get_delta_weight(name)
+            saved.append((module, module.__dict__.get("forward")))
+            module.forward = types.MethodType(_merged_forward(weight, module.__dict__.get("forward")), module)
+        yield len(saved)
+    finally:
+        for module, forward in saved:
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
+def _merged_forward(weight: torch.Tensor, own: Any) -> Any:
+    def forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or torch.is_grad_enabled() or x.dtype != weight.dtype:
+            return (
+                own(x, *args, **kwargs) if own is not None else type(self).forward(self, x, *args, **kwargs)
+            )
+        return nn.functional.linear(x, weight, self.base_layer.bias)
+
+    return forward
