@@ -381,6 +381,19 @@ def _config_processors(model: Any) -> list[str]:
     return [f for f in _PROCESSOR_FIELDS if config is not None and getattr(config, f, None)]
 
 
+def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """Token id rows padded on the left to the longest (generation appends on the right), and their mask."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
 def _generate_batch(
     model: Any,
     tokenizer: Any,
@@ -402,12 +415,8 @@ def _generate_batch(
     ids, and whether Ctrl-C cut the stream."""
     import torch
 
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        attention[row, width - len(ids) :] = 1
+    input_ids, attention = left_pad(batch, pad_id)
+    width = input_ids.shape[1]
     skip = width if repetition_penalty_scope == "generated" else 0
     decoding = decoding_kwargs(temperature, top_p, repetition_penalty, stops, skip=skip)
     if seed is not None:
@@ -504,12 +513,7 @@ def sample_groups(
     stop_ids = torch.tensor(list(stops))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-        attention[row, width - len(p) :] = 1
+    ids, attention = left_pad(prompts, pad_id)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     ids, attention, positions = ids.to(device), attention.to(device), positions.to(device)
     was_training = model.training
