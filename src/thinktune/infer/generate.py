@@ -504,7 +504,7 @@ def sample_groups(
     groups: each prompt is prefilled once and its KV cache shared by its `group` completions, a finished
     completion leaves the batch (transformers keeps decoding it as padding until the longest one ends), and each
     token is drawn by :func:`draw` (the same distribution as transformers' sampler, other draws). `temperature` 0
-    is greedy: the same ids as :func:`generate_ids`."""
+    is greedy: the same ids as transformers' batched generate (:func:`generate_ids` decodes greedily with it)."""
     import torch
     from transformers import DynamicCache
 
