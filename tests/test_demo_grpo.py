@@ -129,3 +129,34 @@ def test_the_outcome_says_how_the_three_models_decoded(held_out, tmp_path, penal
     text = out.getvalue()
     assert f"the same greedy decoding for all three: at most 448 new tokens, {said}\n" in text
     assert "mean reward: 0.500 over the first quarter" in text
+
+
+def test_the_scores_say_whether_an_option_was_named_by_its_letter_or_its_text(held_out, tmp_path):
+    """The prompt asks for "The answer is X"; an answer that only restates one option's text is named too, and the
+    outcome says which of the two each model did (the SFT demo's adapter names options by their text alone)."""
+    import io
+
+    from thinktune.demo import MODELS, print_grpo_outcome
+
+    by_letter = [record(q, answered(q, f"The answer is {q.answer}."), tokenize) for q in held_out[:3]]
+    by_text = [
+        record(q, answered(q, f"The most likely diagnosis is {q.options[q.answer].lower()}."), tokenize)
+        for q in held_out[3:5]
+    ]
+    unnamed = [record(q, answered(q, "It is hard to say."), tokenize) for q in held_out[5:6]]
+    assert [r.output.extracted_by for r in by_text] == ["text", "text"]
+    scores = held_out_scores(by_letter + by_text + unnamed, held_out[:6])
+    assert scores["named_option"] == pytest.approx(5 / 6)
+    assert (scores["named_by_letter"], scores["named_by_text"]) == (3, 2)
+
+    outcome = {
+        "held_out": {m: scores for m in MODELS},
+        "decoding": {"max_new_tokens": 448, "repetition_penalty": 1.0, "repetition_penalty_scope": "all"},
+        "reward_first_quarter": None,
+        "reward_last_quarter": None,
+        "warnings": [],
+        "timings_s": {"total_s": 300.0, "grpo_s": 200.0, "compare_s": 100.0},
+    }
+    out = io.StringIO()
+    print_grpo_outcome(RunDir(tmp_path), outcome, tmp_path / "report.html", out=out)
+    assert "SFT+GRPO 3 by a letter / 2 by an option's text" in out.getvalue()

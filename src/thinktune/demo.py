@@ -279,16 +279,22 @@ def held_out_scores(records: Sequence[Any], questions: Sequence[Any]) -> dict[st
     from thinktune.evals.grading import wilson_interval
 
     n = len(records)
-    named = sum(
-        r.output.predicted is not None and not str(r.output.extracted_by).startswith("reasoning")
+    named_how = [
+        str(r.output.extracted_by)
         for r in records
-    )
+        if r.output.predicted is not None and not str(r.output.extracted_by).startswith("reasoning")
+    ]
+    named = len(named_how)
     right = sum(bool(r.output.correct) for r in records)
     lo, hi = wilson_interval(right, n)
     return {
         "questions": n,
         "think_closed": sum(r.output.think_closed for r in records) / n if n else None,
         "named_option": named / n if n else None,
+        # A letter ("The answer is C", "**C.**", a boxed C) follows the prompt's instruction; an option's text
+        # alone ("the most likely diagnosis is aortic dissection") names it too, but only by matching one option.
+        "named_by_letter": sum(how != "text" for how in named_how),
+        "named_by_text": sum(how == "text" for how in named_how),
         "correct": right,
         "accuracy": right / n if n else None,
         "ci95": [lo, hi],
@@ -343,6 +349,13 @@ def print_grpo_outcome(
         s = held[m]
         acc = f"{s['correct']}/{n} = {s['accuracy']:.0%} [{s['ci95'][0]:.0%}, {s['ci95'][1]:.0%}]"
         print(f"{m:<10} {s['think_closed']:>13.0%} {s['named_option']:>17.0%} {acc:>28}", file=out)
+    by = ", ".join(
+        f"{m} {held[m]['named_by_letter']} by a letter / {held[m]['named_by_text']} by an option's text"
+        for m in MODELS
+        if "named_by_letter" in held[m]
+    )
+    if by:
+        print(f"how the named options were named (the grader's reading): {by}", file=out)
     d = record["decoding"]
     penalty = (
         f"repetition penalty {d['repetition_penalty']:g} over "
