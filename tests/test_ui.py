@@ -107,6 +107,19 @@ def test_runs_table_from_real_run_folders(client, root):
     assert set(pair["base"]) >= {"reasoning", "answer", "think_closed"} and pair["question"]
 
 
+def test_an_export_being_written_is_not_listed(client, root):
+    """An export is written into a hidden ".merged.partial-*" folder and renamed when verified; the page waits for
+    "merged" in the list, so the half-written folder must not be in it."""
+    exports = root / "runs/beta/export"
+    (exports / ".merged.partial-x1y2").mkdir(parents=True)
+    try:
+        assert client.get("/api/runs/beta").json()["exports"] == []
+        (exports / ".merged.partial-x1y2").rename(exports / "merged")
+        assert client.get("/api/runs/beta").json()["exports"] == ["merged"]
+    finally:
+        shutil.rmtree(exports)
+
+
 def test_overlay_and_config_differences(client):
     data = client.get("/api/overlay?runs=alpha,beta").json()
     assert [p[0] for p in data["curves"]["alpha"]["train"]] == [5, 10, 15, 20]
