@@ -352,10 +352,8 @@ def print_grpo_outcome(
     by = ", ".join(
         f"{m} {held[m]['named_by_letter']} by a letter / {held[m]['named_by_text']} by an option's text"
         for m in MODELS
-        if "named_by_letter" in held[m]
     )
-    if by:
-        print(f"how the named options were named (the grader's reading): {by}", file=out)
+    print(f"how the named options were named (the grader's reading): {by}", file=out)
     d = record["decoding"]
     penalty = (
         f"repetition penalty {d['repetition_penalty']:g} over "

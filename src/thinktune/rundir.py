@@ -67,6 +67,14 @@ class RunDir:
     report = property(lambda self: self.path / "report.html")
     exports = property(lambda self: self.path / "export")
 
+    def finished_exports(self) -> list[str]:
+        """The names of the export folders under export/. An export is written into a hidden ".<name>.partial-*"
+        sibling and renamed into place once verified, so a hidden folder is one still being written (or left by a
+        kill), not an export."""
+        if not self.exports.is_dir():
+            return []
+        return sorted(p.name for p in self.exports.iterdir() if p.is_dir() and not p.name.startswith("."))
+
     def config(self) -> Config:
         raw = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
         return from_dict(raw)

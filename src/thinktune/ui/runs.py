@@ -114,13 +114,6 @@ def run_detail(runs: Path, name: str, manager: Jobs) -> dict[str, Any]:
     files = load_run_files(runs / name)
     run = RunDir(runs / name)
     jobs = [manager.describe(j) for j in manager.for_run(name)]
-    # An export is written into a hidden ".<name>.partial-*" sibling and renamed into place when verified: only the
-    # renamed folders are finished exports (listing the partial one told the page "merged" before it existed).
-    exports = (
-        sorted(p.name for p in run.exports.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if run.exports.is_dir()
-        else []
-    )
     return {
         "name": name,
         "row": run_row(runs, name, manager.all(), manager),
@@ -135,5 +128,5 @@ def run_detail(runs: Path, name: str, manager: Jobs) -> dict[str, Any]:
         "compare": files["compare"],
         "pairs": [p.to_dict() for p in files["pairs"]],
         "jobs": jobs,
-        "exports": exports,
+        "exports": run.finished_exports(),
     }
