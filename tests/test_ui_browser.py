@@ -23,6 +23,9 @@ pytestmark = [
     ),
 ]
 SHOTS = ROOT / "test-artifacts" / "ui"
+# Steps of the browser's run: room to be stopped mid-run (after ~10 points) and, once resumed, to reload the page
+# and poll while it still runs; each step more is time spent waiting for it to finish.
+STEPS = 100
 
 
 def chart_steps(page: Page) -> list[int]:
@@ -72,7 +75,7 @@ def test_the_whole_loop_in_a_browser(tmp_path):
         # ---- new run: the form from the schema, the data doctor, the memory plan, the command
         page.show("#/new")
         page.wait("document.querySelectorAll('#new-fields .field').length > 50", what="the form")
-        values = tiny_values(model, data, steps=160, name="browser")
+        values = tiny_values(model, data, steps=STEPS, name="browser")
         for name, value in values.items():
             set_field(page, name, value)
         page.wait("document.querySelector('#new-command').textContent.includes('train.run_name=browser')", 60)
@@ -122,7 +125,7 @@ def test_the_whole_loop_in_a_browser(tmp_path):
         )
         page.wait("!document.querySelector('#live-resume').disabled", 60, "Resume to be offered")
         stopped_at = json.loads((run / "summary.json").read_text())["steps"]
-        assert 0 < stopped_at < 160
+        assert 0 < stopped_at < STEPS
         page.screenshot(SHOTS / "live-stopped.png")
 
         # ---- resume; reload mid-run: every point once, in order, as in metrics.jsonl
@@ -153,7 +156,7 @@ def test_the_whole_loop_in_a_browser(tmp_path):
         )
         page.wait("document.querySelector('#live-feed').textContent === 'not running'", 60)
         time.sleep(0.5)
-        assert chart_steps(page) == file_steps(run) == list(range(1, 161))
+        assert chart_steps(page) == file_steps(run) == list(range(1, STEPS + 1))
         page.screenshot(SHOTS / "live-completed.png")
 
         # ---- compare base and tuned from the page; the side-by-side view
