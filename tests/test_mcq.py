@@ -8,7 +8,7 @@ import pytest
 
 from conftest import MEDAGENTS, needs_shared
 from thinktune.errors import MCQError
-from thinktune.evals.grading import extract_choice, grade, score_set, wilson_interval
+from thinktune.evals.grading import extract_choice, grade, named_in_answer, score_set, wilson_interval
 from thinktune.evals.language import detect_language
 from thinktune.evals.mcq import Question, load_mcq, question_text
 from thinktune.formatting.formatter import Formatter
@@ -89,6 +89,18 @@ def test_reasoning_is_used_only_when_the_answer_has_no_letter():
     assert (got.letter, got.how) == ("C", "reasoning:phrase")
     # weak cues in the reasoning (a bare "Option A" while deliberating) are not taken
     assert extract_choice("", DRUGS, reasoning="Option A seems plausible...").letter is None
+
+
+def test_only_an_answer_that_names_an_option_counts_as_named():
+    """A letter read from the reasoning grades the question but is not the answer naming an option."""
+    named = [
+        extract_choice("The answer is C.", DRUGS),
+        extract_choice("Heparin is given.", DRUGS),  # by the option's text
+        extract_choice("", DRUGS, reasoning="So the answer is (C)"),
+        extract_choice("It is hard to say.", DRUGS),
+    ]
+    assert [named_in_answer(e.how) for e in named] == [True, True, False, False]
+    assert named_in_answer(None) is False  # an open-ended question's record has no extraction
 
 
 def test_letters_outside_the_options_are_ignored():

@@ -276,14 +276,10 @@ def side_by_side(sft: RunDir, grpo_run: RunDir) -> tuple[dict[str, list[Any]], d
 def held_out_scores(records: Sequence[Any], questions: Sequence[Any]) -> dict[str, Any]:
     """Share that closed the think block, share that named one option in the answer, accuracy with its 95%
     interval, and the random baseline, over one model's graded records."""
-    from thinktune.evals.grading import wilson_interval
+    from thinktune.evals.grading import named_in_answer, wilson_interval
 
     n = len(records)
-    named_how = [
-        str(r.output.extracted_by)
-        for r in records
-        if r.output.predicted is not None and not str(r.output.extracted_by).startswith("reasoning")
-    ]
+    named_how = [r.output.extracted_by for r in records if named_in_answer(r.output.extracted_by)]
     named = len(named_how)
     right = sum(bool(r.output.correct) for r in records)
     lo, hi = wilson_interval(right, n)

@@ -34,6 +34,16 @@ class Extraction:
         return self.letter is not None
 
 
+#: Prefix of `Extraction.how` when the letter was only found in the reasoning (the answer named none).
+_FROM_REASONING = "reasoning:"
+
+
+def named_in_answer(how: str | None) -> bool:
+    """Whether an extraction's `how` says the answer itself named an option (by a letter or by one option's
+    text), rather than the letter being read from the reasoning or not found."""
+    return bool(how) and how != "unparseable" and not how.startswith(_FROM_REASONING)
+
+
 # Words that may follow a letter that doubles as an English word ("A", "I") in "the answer is A because ...".
 _CONNECTORS = frozenset(
     "is as because since which and or with for due given this it would should was that so from".split()
@@ -181,7 +191,7 @@ def extract_choice(answer: str, options: Mapping[str, str], reasoning: str = "")
         for stage in _STRONG:
             letter = _stage(thought, stage, options)
             if letter:
-                return Extraction(letter, f"reasoning:{stage}")
+                return Extraction(letter, f"{_FROM_REASONING}{stage}")
     return Extraction(None, "unparseable")
 
 
