@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.thinktune-installed
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: venv demo demo-grpo test test-fast lint bench clean-venv
+.PHONY: venv demo demo-grpo test test-fast lint clean-venv
 
 venv: $(STAMP)
 
